@@ -1,0 +1,319 @@
+"""Typed run configuration: YAML, then command-line overrides, then validation.
+
+A config has five sections — ``experiment``, ``data``, ``model``, ``training``,
+``inference`` — each a dataclass. Unknown keys are errors that name the key
+(``training.lr_max is not a known key; known: …``); wrong types are errors that
+name the key, the value and the expected type. The resolved config is plain data
+(``to_dict``) and travels inside every checkpoint, so ``predict`` rebuilds the
+model and its preprocessing without the YAML.
+
+Example:
+    >>> cfg = load_config("configs/debug.yaml", overrides=["training.iterations=5"])
+    >>> cfg.training.iterations
+    5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from segfuse.io.errors import SegfuseInputError
+
+
+@dataclass
+class ExperimentConfig:
+    """Where and how a run is recorded."""
+
+    name: str = "segfuse"
+    output_dir: str = "runs"
+    seed: int = 0
+    deterministic: bool = False
+
+
+@dataclass
+class ModalityNorm:
+    """Intensity normalisation of one input (written by ``segfuse plan``).
+
+    ``kind``: ``"mr"`` (z-score over the foreground of each case) or ``"ct"``
+    (clip to ``clip``, then z-score with the dataset ``mean``/``std``).
+    """
+
+    kind: str = "mr"
+    clip: list[float] | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass
+class AuxSpec:
+    """An auxiliary input: dataset modality name and how the network takes it."""
+
+    scale: list[int] = field(default_factory=lambda: [1, 1, 1])
+    mapper: str = "conv"
+    fusion: str = "concat"
+    features: int = 16
+    hidden: int = 32
+    mapper_layers: int = 2
+    levels: list[int] | None = None
+    dropout: float = 0.0
+    norm: ModalityNorm = field(default_factory=ModalityNorm)
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, which inputs, and the preprocessing every case goes through."""
+
+    dataset: str = ""
+    primary: str | None = None
+    aux: dict[str, AuxSpec] = field(default_factory=dict)
+    labels: dict[int, str] = field(default_factory=dict)
+    target_spacing: list[float] | None = None
+    primary_norm: ModalityNorm = field(default_factory=ModalityNorm)
+    val_fraction: float = 0.2
+    val_cases: list[str] | None = None
+    split_seed: int = 0
+    crop_to_nonzero: bool = True
+    cache: str = "memory"
+
+
+@dataclass
+class ModelConfig:
+    """FusionUNet options (the auxiliaries come from ``data.aux``)."""
+
+    mode: str = "3d"
+    context_slices: int = 0
+    encoder_depth: int = 5
+    encoder_weights: str | None = None
+    widen_factor: float = 1.0
+    stem_kernel: int = 7
+    norm: str = "batch"
+    decoder_channels: list[int] | None = None
+    deep_supervision: bool = False
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentation applied identically (in physical space) to every input."""
+
+    flip_prob: float = 0.5
+    rotate_prob: float = 0.2
+    rotate_degrees: float = 15.0
+    scale_prob: float = 0.2
+    scale_range: list[float] = field(default_factory=lambda: [0.85, 1.15])
+    intensity_prob: float = 0.15
+    noise_std: float = 0.1
+    gamma_range: list[float] = field(default_factory=lambda: [0.7, 1.5])
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, sampling and validation."""
+
+    patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
+    batch_size: int = 2
+    iterations: int = 1000
+    iterations_per_epoch: int = 50
+    max_minutes: float | None = None
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.99
+    warmup_iterations: int = 0
+    poly_power: float = 0.9
+    grad_clip: float = 12.0
+    foreground_fraction: float = 0.33
+    amp: bool = True
+    device: str = "auto"
+    num_threads: int | None = None
+    val_every: int = 1
+    checkpoint_every: int = 1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class InferenceConfig:
+    """Sliding-window inference."""
+
+    roi_size: list[int] | None = None
+    overlap: float = 0.5
+    sw_batch_size: int = 2
+    mirror_axes: list[int] = field(default_factory=list)
+    blend: str = "gaussian"
+
+
+@dataclass
+class Config:
+    """A complete run configuration."""
+
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML/JSON/``weights_only`` checkpoint safe)."""
+        return dataclasses.asdict(self)
+
+    @property
+    def spatial_dims(self) -> int:
+        return 2 if self.model.mode == "2d" else 3
+
+    @property
+    def roi_size(self) -> list[int]:
+        return list(self.inference.roi_size or self.training.patch_size)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp)).replace("typing.", "")
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (converting ints to floats etc.)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(value, arg, key)
+            except SegfuseInputError as exc:
+                errors.append(str(exc))
+        raise SegfuseInputError(f"config key {key}: {value!r} is not a valid {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise SegfuseInputError(f"config key {key}: expected a mapping, got {value!r}")
+        return _from_dict(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list | tuple):
+            raise SegfuseInputError(f"config key {key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SegfuseInputError(f"config key {key}: expected a mapping, got {value!r}")
+        ktp, vtp = typing.get_args(tp)
+        return {_convert(k, ktp, f"{key} key"): _convert(v, vtp, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise SegfuseInputError(f"config key {key}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lstrip("-").isdigit():
+            return int(value)
+        raise SegfuseInputError(f"config key {key}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        raise SegfuseInputError(f"config key {key}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise SegfuseInputError(f"config key {key}: expected a string, got {value!r}")
+    return value
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in known:
+            raise SegfuseInputError(f"config key {key} is not a known key; known keys here: {', '.join(known)}")
+        kwargs[k] = _convert(v, hints[k], key)
+    return cls(**kwargs)
+
+
+def _set_override(tree: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise SegfuseInputError(f"override {override!r} must look like section.key=value")
+    dotted, raw = override.split("=", 1)
+    value = yaml.safe_load(raw) if raw else None
+    parts = dotted.strip().split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise SegfuseInputError(f"override {override!r}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def validate(cfg: Config) -> Config:
+    """Cross-field checks whose messages name the key and the values."""
+    from segfuse.models.fusion import FUSION_MODES
+    from segfuse.models.mappers import MAPPER_KINDS
+
+    dims = cfg.spatial_dims
+    if cfg.model.mode not in ("2d", "3d"):
+        raise SegfuseInputError(f"config key model.mode: expected '2d' or '3d', got {cfg.model.mode!r}")
+    if len(cfg.training.patch_size) != dims:
+        raise SegfuseInputError(
+            f"config key training.patch_size: {cfg.training.patch_size} needs {dims} entries for mode {cfg.model.mode}"
+        )
+    for name, spec in cfg.data.aux.items():
+        if len(spec.scale) != 3:
+            raise SegfuseInputError(f"config key data.aux.{name}.scale: needs 3 entries (x, y, z), got {spec.scale}")
+        if spec.mapper not in MAPPER_KINDS:
+            raise SegfuseInputError(f"config key data.aux.{name}.mapper: {spec.mapper!r} is not one of {MAPPER_KINDS}")
+        if spec.fusion not in FUSION_MODES:
+            raise SegfuseInputError(f"config key data.aux.{name}.fusion: {spec.fusion!r} is not one of {FUSION_MODES}")
+        if not 0.0 <= spec.dropout < 1.0:
+            raise SegfuseInputError(f"config key data.aux.{name}.dropout: must be in [0, 1), got {spec.dropout}")
+    for key, value in (("training.optimizer", cfg.training.optimizer),):
+        if value not in ("adamw", "sgd"):
+            raise SegfuseInputError(f"config key {key}: expected 'adamw' or 'sgd', got {value!r}")
+    if cfg.data.cache not in ("memory", "none"):
+        raise SegfuseInputError(f"config key data.cache: expected 'memory' or 'none', got {cfg.data.cache!r}")
+    if not 0.0 <= cfg.inference.overlap < 1.0:
+        raise SegfuseInputError(f"config key inference.overlap: must be in [0, 1), got {cfg.inference.overlap}")
+    if cfg.model.context_slices and dims == 3:
+        raise SegfuseInputError("config key model.context_slices: 2.5D context only applies to mode 2d")
+    return cfg
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a :class:`Config` from plain data."""
+    return validate(_from_dict(Config, data or {}))
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read YAML ``path`` (or defaults), apply ``section.key=value`` overrides, validate."""
+    tree: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise SegfuseInputError(f"{path}: config file not found")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise SegfuseInputError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(tree, dict):
+            raise SegfuseInputError(f"{path}: expected a mapping of sections at the top level")
+        dataset = tree.get("data", {}).get("dataset")
+        if dataset and not Path(dataset).is_absolute():
+            # dataset paths in a YAML file are relative to that file
+            tree["data"]["dataset"] = str((path.parent / dataset).resolve())
+    for override in overrides or []:
+        _set_override(tree, override)
+    return config_from_dict(tree)
+
+
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML, atomically."""
+    from segfuse.io.atomic import atomic_write_text
+
+    return atomic_write_text(Path(path), yaml.safe_dump(cfg.to_dict(), sort_keys=False))

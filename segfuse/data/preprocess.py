@@ -1,0 +1,316 @@
+"""From files to network-ready arrays: one code path for training and prediction.
+
+For one case:
+
+1. read the primary (and pick its channel in 4D files);
+2. reorient to the canonical RAS frame (array axes flipped/permuted, affine updated);
+3. resample the primary to the target spacing (linear) when its spacing differs;
+4. bring each auxiliary, by physical coordinates, onto the edge-aligned grid of
+   its scale over the primary's field of view (no resampling when it already
+   lies there, as the BraTS ``flair_2x2x4mm`` does); never onto the primary grid;
+5. bring the label onto the primary grid (nearest neighbour), after checking it
+   shares the primary's original grid;
+6. normalise each input (MR: z-score over its foreground, the voxels above
+   5 % of the 99th percentile; CT: clip to the
+   plan's percentiles, z-score with the plan's mean and std).
+
+Resampling is MONAI's :class:`~monai.transforms.SpatialResample`, which maps by
+affines (physical space), not array indices.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from segfuse.data.labels import validate_label_array
+from segfuse.data.layouts import Case, ImageRef
+from segfuse.io.errors import SegfuseInputError
+from segfuse.io.geometry import aux_grid, describe_affine, overlap_fraction, same_grid, spacing_from_affine
+from segfuse.io.image import Volume, read_image
+
+MIN_AUX_OVERLAP = 0.5
+FOREGROUND_FRACTION = 0.05
+
+
+@dataclass
+class Normalisation:
+    """Intensity normalisation of one input (see :class:`segfuse.config.ModalityNorm`)."""
+
+    kind: str = "mr"
+    clip: Sequence[float] | None = None
+    mean: float | None = None
+    std: float | None = None
+
+
+@dataclass
+class Preprocessing:
+    """Everything that turns a case into arrays; saved inside every checkpoint (via the config)."""
+
+    target_spacing: Sequence[float] | None
+    primary_norm: Normalisation
+    aux_scales: Mapping[str, Sequence[int]] = field(default_factory=dict)
+    aux_norms: Mapping[str, Normalisation] = field(default_factory=dict)
+    labels: Sequence[int] = (0, 1)
+
+
+@dataclass
+class PreparedCase:
+    """A case on the network's grid.
+
+    Attributes:
+        primary: ``(C, X, Y, Z)`` float32, normalised, canonical RAS, target spacing.
+        aux: ``name → (C_a, *ceil((X, Y, Z) / scale))`` float32, or ``None`` when absent.
+        label: ``(X, Y, Z)`` uint8 or ``None``.
+        affine: voxel → RAS mm of ``primary``'s grid.
+        source: the primary as read (its grid is where predictions are written).
+        offset: start of ``primary`` inside the canonical, resampled grid (non-zero
+            after :func:`crop_to_nonzero`).
+    """
+
+    case_id: str
+    primary: np.ndarray
+    aux: dict[str, np.ndarray | None]
+    label: np.ndarray | None
+    affine: np.ndarray
+    source: Volume | None = None
+    offset: tuple[int, ...] = (0, 0, 0)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.primary.shape[1:])
+
+
+# -- geometry helpers ------------------------------------------------------------------
+
+
+def _channel(volume: Volume, ref: ImageRef) -> np.ndarray:
+    """``(C, X, Y, Z)`` float32 of the referenced channel (or all channels)."""
+    array = volume.array
+    if array.ndim == 2:
+        array = array[:, :, None]
+    if array.ndim == 4:
+        if ref.channel is not None:
+            if not 0 <= ref.channel < array.shape[3]:
+                raise SegfuseInputError(
+                    f"{ref.path}: channel {ref.channel} requested, the image has {array.shape[3]} channels"
+                )
+            return np.asarray(array[..., ref.channel], dtype=np.float32)[None]
+        return np.moveaxis(np.asarray(array, dtype=np.float32), 3, 0)
+    return np.asarray(array, dtype=np.float32)[None]
+
+
+def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorient ``array`` ``(C, X, Y, Z)`` to RAS by flips and axis permutations only (exact)."""
+    ornt = nib.orientations.io_orientation(affine)
+    target = nib.orientations.axcodes2ornt(("R", "A", "S"))
+    transform = nib.orientations.ornt_transform(ornt, target)
+    spatial = array.shape[1:]
+    out = np.stack([nib.orientations.apply_orientation(c, transform) for c in array])
+    new_affine = affine @ nib.orientations.inv_ornt_aff(transform, spatial)
+    return np.ascontiguousarray(out), new_affine
+
+
+def from_canonical(array: np.ndarray, canonical_affine: np.ndarray, source_affine: np.ndarray) -> np.ndarray:
+    """Invert :func:`to_canonical`: ``array`` ``(C, *canonical)`` back to the source axes."""
+    ornt_source = nib.orientations.io_orientation(source_affine)
+    ornt_canon = nib.orientations.io_orientation(canonical_affine)
+    transform = nib.orientations.ornt_transform(ornt_canon, ornt_source)
+    return np.ascontiguousarray(np.stack([nib.orientations.apply_orientation(c, transform) for c in array]))
+
+
+def spacing_grid(affine: np.ndarray, shape: Sequence[int], spacing: Sequence[float]) -> tuple[np.ndarray, tuple]:
+    """The grid with voxel size ``spacing`` covering the same box as ``(affine, shape)``.
+
+    The box's outer edge is kept: the new first voxel's edge sits on the old one's.
+    """
+    old = spacing_from_affine(affine)
+    new = np.asarray(spacing, dtype=float)
+    new_shape = tuple(max(1, round(n * o / s)) for n, o, s in zip(shape, old, new, strict=True))
+    direction = affine[:3, :3] / old
+    out = np.eye(4)
+    out[:3, :3] = direction * new
+    edge = affine[:3, :3] @ (-0.5 * np.ones(3)) + affine[:3, 3]
+    out[:3, 3] = edge + out[:3, :3] @ (0.5 * np.ones(3))
+    return out, new_shape
+
+
+def resample(
+    array: np.ndarray, affine: np.ndarray, dst_affine: np.ndarray, dst_shape: Sequence[int], mode: str
+) -> np.ndarray:
+    """Resample ``array`` ``(C, *spatial)`` onto ``(dst_affine, dst_shape)`` by physical coordinates."""
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    image = MetaTensor(torch.as_tensor(array), affine=torch.as_tensor(affine, dtype=torch.float64))
+    out = SpatialResample(mode=mode, padding_mode="zeros", align_corners=False, dtype=torch.float64)(
+        image, dst_affine=torch.as_tensor(dst_affine, dtype=torch.float64), spatial_size=tuple(dst_shape)
+    )
+    return np.asarray(out.detach().cpu().numpy(), dtype=np.float32)
+
+
+def normalise(array: np.ndarray, norm: Normalisation) -> np.ndarray:
+    """Normalise ``(C, *spatial)`` per channel; see the module docstring."""
+    out = np.empty_like(array, dtype=np.float32)
+    for c, channel in enumerate(array):
+        if norm.kind == "ct":
+            lo, hi = norm.clip if norm.clip is not None else (channel.min(), channel.max())
+            clipped = np.clip(channel, lo, hi)
+            mean = norm.mean if norm.mean is not None else float(clipped.mean())
+            std = norm.std if norm.std is not None else float(clipped.std())
+            out[c] = (clipped - mean) / max(std, 1e-8)
+            continue
+        # Foreground: clearly above the background. A plain "non-zero" mask would
+        # differ between a scan and its low-resolution copy, whose anti-aliasing
+        # spreads tiny values into the background.
+        positive = channel[channel > 0]
+        if positive.size < 2:
+            out[c] = 0.0
+            continue
+        mask = channel > FOREGROUND_FRACTION * np.percentile(positive, 99)
+        values = channel[mask].astype(np.float64) if mask.sum() >= 2 else positive.astype(np.float64)
+        out[c] = (channel - values.mean()) / max(values.std(), 1e-8)
+    return out
+
+
+# -- the case pipeline -----------------------------------------------------------------
+
+
+def load_primary(ref: ImageRef, spec: Preprocessing) -> tuple[Volume, np.ndarray, np.ndarray]:
+    """Read the primary; return ``(source volume, array (C, *grid), affine)`` on the network grid."""
+    source = read_image(ref.path)
+    array, affine = to_canonical(_channel(source, ref), source.affine)
+    if spec.target_spacing is not None:
+        spacing = spacing_from_affine(affine)
+        if not np.allclose(spacing, spec.target_spacing, rtol=1e-3):
+            dst_affine, dst_shape = spacing_grid(affine, array.shape[1:], spec.target_spacing)
+            array = resample(array, affine, dst_affine, dst_shape, mode="bilinear")
+            affine = dst_affine
+    return source, array, affine
+
+
+def load_aux(
+    name: str, ref: ImageRef, scale: Sequence[int], primary_affine: np.ndarray, primary_shape: Sequence[int]
+) -> np.ndarray:
+    """Read auxiliary ``name`` onto the edge-aligned grid of ``scale`` over the primary."""
+    volume = read_image(ref.path)
+    array = _channel(volume, ref)
+    dst_affine, dst_shape = aux_grid(primary_affine, primary_shape, scale)
+    fraction = overlap_fraction(dst_affine, dst_shape, volume.affine, array.shape[1:])
+    if fraction < MIN_AUX_OVERLAP:
+        raise SegfuseInputError(
+            f"{ref.path}: auxiliary {name!r} covers only {fraction:.0%} of the primary's field of view "
+            f"(at least {MIN_AUX_OVERLAP:.0%} needed); auxiliary affine {describe_affine(volume.affine)}, "
+            f"expected grid {describe_affine(dst_affine)}"
+        )
+    canonical, canonical_affine = to_canonical(array, volume.affine)
+    if same_grid(canonical_affine, canonical.shape[1:], dst_affine, dst_shape, atol=1e-3):
+        return canonical
+    return resample(canonical, canonical_affine, dst_affine, dst_shape, mode="bilinear")
+
+
+def load_label(
+    path, source: Volume, labels: Sequence[int], primary_affine: np.ndarray, primary_shape: Sequence[int]
+) -> np.ndarray:
+    """Read a label map that must share the primary's original grid; nearest-neighbour to the network grid."""
+    volume = read_image(path)
+    array = volume.array if volume.array.ndim == 3 else volume.array.reshape(volume.array.shape[:3])
+    if not same_grid(volume.affine, array.shape, source.affine, source.shape[:3], atol=1e-3):
+        raise SegfuseInputError(
+            f"{path}: label is not on the grid of its image {source.path}: label shape {array.shape} "
+            f"affine {describe_affine(volume.affine)}; image shape {source.shape[:3]} "
+            f"affine {describe_affine(source.affine)}"
+        )
+    label = validate_label_array(array, labels, path)[None].astype(np.float32)
+    label, affine = to_canonical(label, volume.affine)
+    if label.shape[1:] != tuple(primary_shape) or not np.allclose(affine, primary_affine, atol=1e-3):
+        label = resample(label, affine, primary_affine, primary_shape, mode="nearest")
+    return label[0].astype(np.uint8)
+
+
+def prepare_case(case: Case, spec: Preprocessing, *, with_label: bool = True, aux_present: bool = True) -> PreparedCase:
+    """Run the whole pipeline on ``case`` (see the module docstring)."""
+    source, primary, affine = load_primary(case.primary, spec)
+    shape = primary.shape[1:]
+    aux: dict[str, np.ndarray | None] = {}
+    for name, scale in spec.aux_scales.items():
+        ref = case.aux.get(name)
+        if ref is None or not aux_present:
+            aux[name] = None
+            continue
+        array = load_aux(name, ref, scale, affine, shape)
+        aux[name] = normalise(array, spec.aux_norms.get(name, Normalisation()))
+    label = None
+    if with_label and case.label is not None:
+        label = load_label(case.label, source, spec.labels, affine, shape)
+    return PreparedCase(
+        case_id=case.case_id,
+        primary=normalise(primary, spec.primary_norm),
+        aux=aux,
+        label=label,
+        affine=affine,
+        source=source,
+    )
+
+
+def scales_lcm(scales: Mapping[str, Sequence[int]], ndim: int = 3) -> tuple[int, ...]:
+    """Per-axis least common multiple of all auxiliary scales (1 without auxiliaries)."""
+    return tuple(math.lcm(1, *[int(s[d]) for s in scales.values()]) for d in range(ndim))
+
+
+def crop_to_nonzero(case: PreparedCase, scales: Mapping[str, Sequence[int]], margin: int = 0) -> PreparedCase:
+    """Crop to the primary's non-zero box, start and end on multiples of the scales' lcm.
+
+    Keeps every auxiliary exactly aligned: the auxiliary is cropped at ``start / scale``.
+    """
+    lcm = scales_lcm(scales)
+    nonzero = np.any(case.primary != 0, axis=0)
+    if case.label is not None:
+        nonzero |= case.label > 0
+    if not nonzero.any():
+        return case
+    coords = np.nonzero(nonzero)
+    start = [max(0, (int(c.min()) - margin) // m * m) for c, m in zip(coords, lcm, strict=True)]
+    stop = [
+        min(n, -(-(int(c.max()) + 1 + margin) // m) * m) for c, m, n in zip(coords, lcm, case.shape, strict=True)
+    ]
+    box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
+    aux: dict[str, np.ndarray | None] = {}
+    for name, array in case.aux.items():
+        if array is None:
+            aux[name] = None
+            continue
+        s = scales[name]
+        window = [slice(a // si, -(-b // si)) for a, b, si in zip(start, stop, s, strict=True)]
+        aux[name] = array[(slice(None), *window)]
+    affine = case.affine.copy()
+    affine[:3, 3] = case.affine[:3, :3] @ np.asarray(start, dtype=float) + case.affine[:3, 3]
+    return PreparedCase(
+        case_id=case.case_id,
+        primary=np.ascontiguousarray(case.primary[(slice(None), *box)]),
+        aux={k: None if v is None else np.ascontiguousarray(v) for k, v in aux.items()},
+        label=None if case.label is None else np.ascontiguousarray(case.label[box]),
+        affine=affine,
+        source=case.source,
+        offset=tuple(start),
+    )
+
+
+def preprocessing_from_config(cfg) -> Preprocessing:
+    """The :class:`Preprocessing` a :class:`segfuse.config.Config` describes."""
+
+    def norm(n) -> Normalisation:
+        return Normalisation(kind=n.kind, clip=n.clip, mean=n.mean, std=n.std)
+
+    return Preprocessing(
+        target_spacing=cfg.data.target_spacing,
+        primary_norm=norm(cfg.data.primary_norm),
+        aux_scales={name: tuple(spec.scale) for name, spec in cfg.data.aux.items()},
+        aux_norms={name: norm(spec.norm) for name, spec in cfg.data.aux.items()},
+        labels=sorted(cfg.data.labels) if cfg.data.labels else (0, 1),
+    )

@@ -1,0 +1,55 @@
+"""Build a :class:`FusionUNet` from a run :class:`segfuse.config.Config`."""
+
+from __future__ import annotations
+
+from segfuse.models.net import AuxInput, FusionUNet
+
+
+def build_model(cfg, in_channels: int = 1) -> FusionUNet:
+    """The network a config describes.
+
+    ``in_channels`` is the primary's channel count; in 2.5D mode it is multiplied
+    by the ``2 * context_slices + 1`` neighbouring slices. In 2D mode each auxiliary
+    keeps the in-plane part ``(sx, sy)`` of its scale.
+    """
+    dims = cfg.spatial_dims
+    aux = [
+        AuxInput(
+            name,
+            channels=1,
+            scale=tuple(spec.scale[:dims]),
+            mapper=spec.mapper,
+            fusion=spec.fusion,
+            features=spec.features,
+            hidden=spec.hidden,
+            mapper_layers=spec.mapper_layers,
+            levels=None if spec.levels is None else tuple(spec.levels),
+        )
+        for name, spec in cfg.data.aux.items()
+    ]
+    channels = in_channels * (2 * cfg.model.context_slices + 1) if dims == 2 else in_channels
+    return FusionUNet(
+        spatial_dims=dims,
+        in_channels=channels,
+        num_classes=max(len(cfg.data.labels), 2),
+        aux=aux,
+        allow_missing_aux=any(spec.dropout > 0 for spec in cfg.data.aux.values()),
+        encoder_depth=cfg.model.encoder_depth,
+        encoder_weights=cfg.model.encoder_weights,
+        widen_factor=cfg.model.widen_factor if dims == 3 else 1.0,
+        stem_kernel=cfg.model.stem_kernel,
+        norm=cfg.model.norm if dims == 3 else "batch",
+        decoder_channels=cfg.model.decoder_channels,
+        deep_supervision=cfg.model.deep_supervision,
+    )
+
+
+def model_from_checkpoint(state: dict, device: str = "cpu"):
+    """``(Config, FusionUNet in eval mode)`` from a loaded checkpoint dict."""
+    from segfuse.config import config_from_dict
+
+    cfg = config_from_dict(state["config"])
+    cfg.model.encoder_weights = None  # the checkpoint's weights replace any pretrained file
+    net = build_model(cfg, in_channels=int(state.get("in_channels", 1)))
+    net.load_state_dict(state["model"])
+    return cfg, net.to(device).eval()
