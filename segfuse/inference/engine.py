@@ -1,0 +1,81 @@
+"""Run a network over a whole prepared case (2D slice by slice, or 3D), windowing every input.
+
+Used by validation during training and by ``segfuse predict``: one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from segfuse.data.preprocess import PreparedCase
+from segfuse.inference.windows import sliding_window_multires
+
+
+def _predictor(model: torch.nn.Module, amp: bool):
+    def run(x: torch.Tensor, aux: dict[str, torch.Tensor | None]) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, enabled=amp and x.device.type == "cuda"):
+            return torch.softmax(model(x, aux=aux).float(), dim=1)
+
+    return run
+
+
+@torch.no_grad()
+def predict_prepared(
+    model: torch.nn.Module,
+    cfg,
+    case: PreparedCase,
+    *,
+    device: str | torch.device = "cpu",
+    mirror_axes: Sequence[int] | None = None,
+    drop_aux: Sequence[str] = (),
+    progress: bool = False,
+) -> torch.Tensor:
+    """Class probabilities ``(K, *case.shape)`` (float32, CPU) for a prepared case.
+
+    Args:
+        model: a FusionUNet (in eval mode).
+        cfg: the run :class:`segfuse.config.Config` (mode, roi, overlap, …).
+        case: primary ``(C, X, Y, Z)`` and auxiliaries on their edge-aligned grids.
+        mirror_axes: spatial axes for mirror test-time augmentation (``None``: config's).
+        drop_aux: auxiliaries to withhold (treated as missing).
+    """
+    device = torch.device(device)
+    axes = [a for a in (cfg.inference.mirror_axes if mirror_axes is None else mirror_axes) if a < cfg.spatial_dims]
+    scales = {name: tuple(spec.scale) for name, spec in cfg.data.aux.items()}
+    aux_arrays = {name: (None if name in drop_aux else case.aux.get(name)) for name in scales}
+    predictor = _predictor(model, cfg.training.amp)
+    options = dict(
+        overlap=cfg.inference.overlap,
+        sw_batch_size=cfg.inference.sw_batch_size,
+        blend=cfg.inference.blend,
+        device=device,
+        output_device="cpu",
+    )
+    if cfg.spatial_dims == 3:
+        primary = torch.from_numpy(np.ascontiguousarray(case.primary))[None]
+        aux = {k: None if v is None else torch.from_numpy(np.ascontiguousarray(v))[None] for k, v in aux_arrays.items()}
+        out = sliding_window_multires(
+            primary, aux, scales, predictor, cfg.roi_size, mirror_axes=axes or None, progress=progress, **options
+        )
+        return out[0]
+    # 2D: slices along the last axis; k neighbours on each side as channels (clamped).
+    k = cfg.model.context_slices
+    n = case.shape[2]
+    scales2d = {name: s[:2] for name, s in scales.items()}
+    slices = []
+    for z in range(n):
+        index = np.clip(np.arange(z - k, z + k + 1), 0, n - 1)
+        primary = torch.from_numpy(np.ascontiguousarray(case.primary[:, :, :, index]))
+        primary = primary.permute(0, 3, 1, 2).reshape(1, -1, *case.shape[:2])
+        aux = {
+            name: None if v is None else torch.from_numpy(np.ascontiguousarray(v[:, :, :, z // scales[name][2]]))[None]
+            for name, v in aux_arrays.items()
+        }
+        roi = cfg.roi_size[:2]
+        slices.append(
+            sliding_window_multires(primary, aux, scales2d, predictor, roi, mirror_axes=axes or None, **options)[0]
+        )
+    return torch.stack(slices, dim=-1)

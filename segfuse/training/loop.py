@@ -1,0 +1,413 @@
+"""``segfuse train``: the training loop, validation, checkpoints and resume.
+
+Behaviour is set by the config (no subclassing): DiceCE loss (MONAI), optional
+deep supervision, AdamW or SGD with warm-up and poly decay, gradient clipping,
+AMP on CUDA, validation with sliding-window inference and MONAI's DiceMetric,
+``checkpoint_best.pt`` and ``checkpoint_last.pt``, and a run folder with the
+resolved config, ``metrics.csv``, TensorBoard events and ``training_curve.png``.
+
+Checkpoints hold weights, config, optimizer, scheduler, scaler and every RNG
+state, so ``train(..., resume=True)`` continues an interrupted run; on CPU with
+``experiment.deterministic`` the result is bit-identical to an uninterrupted run.
+Ctrl-C or SIGTERM saves a checkpoint and returns cleanly. Under ``torchrun``
+each process trains on its own samples with DistributedDataParallel (NCCL on
+GPU, gloo on CPU); rank 0 alone validates, logs and writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from segfuse.config import Config, config_from_dict, save_config
+from segfuse.data.layouts import read_dataset, split_cases
+from segfuse.data.preprocess import PreparedCase, crop_to_nonzero, prepare_case, preprocessing_from_config, scales_lcm
+from segfuse.data.sampling import PaddedCase, pad_case, sample_patch
+from segfuse.inference.engine import predict_prepared
+from segfuse.io.checkpoint import load_checkpoint, save_checkpoint
+from segfuse.io.errors import SegfuseInputError
+from segfuse.models.factory import build_model
+from segfuse.training.logging import RunLogger
+
+log = logging.getLogger("segfuse.train")
+
+
+@dataclass
+class TrainResult:
+    """Where the run lives and how it ended."""
+
+    run_dir: Path
+    iteration: int
+    best_metric: float
+    interrupted: bool
+    history: list[dict[str, Any]]
+
+
+# -- set-up -------------------------------------------------------------------------------
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise SegfuseInputError(f"config key training.device: {name!r} requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def _lr_lambda(cfg: Config):
+    total, warmup, power = cfg.training.iterations, cfg.training.warmup_iterations, cfg.training.poly_power
+
+    def factor(it: int) -> float:
+        if warmup and it < warmup:
+            return (it + 1) / warmup
+        return max(0.0, 1.0 - (it - warmup) / max(1, total - warmup)) ** power
+
+    return factor
+
+
+def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    t = cfg.training
+    if t.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay)
+    return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+
+
+def _loss(cfg: Config) -> torch.nn.Module:
+    from monai.losses import DeepSupervisionLoss, DiceCELoss
+
+    loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    return DeepSupervisionLoss(loss, weight_mode="exp") if cfg.model.deep_supervision else loss
+
+
+def _margin(cfg: Config, lcm: tuple[int, ...]) -> list[int]:
+    """Context cut around each patch so rotations and zooms sample real image."""
+    aug = cfg.training.augment
+    if aug.rotate_prob <= 0 and aug.scale_prob <= 0:
+        return [0] * len(cfg.training.patch_size)
+    dims = cfg.spatial_dims
+    steps = lcm if dims == 3 else lcm[:2]
+    return [math.ceil(p * 0.125 / s) * s for p, s in zip(cfg.training.patch_size, steps, strict=True)]
+
+
+def load_cases(cfg: Config, progress: bool, rank: int = 0) -> tuple[list[PreparedCase], list[PreparedCase], Config]:
+    """Read the dataset, fill in labels, split, and prepare every case (cached in memory)."""
+    dataset = read_dataset(cfg.data.dataset, primary=cfg.data.primary, aux=list(cfg.data.aux))
+    if not cfg.data.labels:
+        cfg.data.labels = dict(dataset.labels)
+    if cfg.data.primary is None:
+        cfg.data.primary = dataset.primary_name
+    cases = dataset.cases
+    if cfg.data.val_cases is not None:
+        chosen = set(cfg.data.val_cases)
+        unknown = sorted(chosen - {c.case_id for c in cases})
+        if unknown:
+            raise SegfuseInputError(f"config key data.val_cases: unknown case ids {unknown}")
+        train_cases = [c for c in cases if c.case_id not in chosen]
+        val_cases = [c for c in cases if c.case_id in chosen]
+    else:
+        train_cases, val_cases = split_cases(cases, cfg.data.val_fraction, cfg.data.split_seed)
+    spec = preprocessing_from_config(cfg)
+    scales = spec.aux_scales
+    prepared = []
+    bar = tqdm(train_cases + val_cases, desc="preparing cases", disable=not progress or rank != 0, unit="case")
+    for case in bar:
+        p = prepare_case(case, spec)
+        prepared.append(crop_to_nonzero(p, scales) if cfg.data.crop_to_nonzero else p)
+    for p in prepared:
+        p.source = None  # the raw volume is not needed for training; free it
+    return prepared[: len(train_cases)], prepared[len(train_cases) :], cfg
+
+
+# -- the loop -----------------------------------------------------------------------------
+
+
+def _batch(
+    cases: list[PaddedCase], cfg: Config, rng: np.random.Generator, margin: list[int], device: torch.device
+) -> tuple[torch.Tensor, dict, dict, torch.Tensor]:
+    t = cfg.training
+    scales = {name: tuple(spec.scale) for name, spec in cfg.data.aux.items()}
+    dropout = {name: spec.dropout for name, spec in cfg.data.aux.items()}
+    n_fg = max(1, round(t.batch_size * t.foreground_fraction)) if t.foreground_fraction > 0 else 0
+    samples = []
+    for i in range(t.batch_size):
+        case = cases[rng.integers(len(cases))]
+        samples.append(
+            sample_patch(
+                case, t.patch_size, margin, scales, dropout, rng, foreground=i >= t.batch_size - n_fg,
+                augment_cfg=t.augment, slice_axis=2 if cfg.spatial_dims == 2 else None,
+                context=cfg.model.context_slices,
+            )
+        )
+
+    def stack(key: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([s[key] for s in samples])).to(device)
+
+    aux = {name: stack(f"aux_{name}") for name in scales}
+    present = {name: stack(f"present_{name}") for name in scales}
+    return stack("primary"), aux, present, stack("label")
+
+
+def validate(model: torch.nn.Module, cfg: Config, cases: list[PreparedCase], device: torch.device) -> dict[str, float]:
+    """Mean Dice per foreground class over ``cases`` (sliding-window inference, MONAI DiceMetric)."""
+    from monai.metrics import DiceMetric
+    from monai.networks.utils import one_hot
+
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    num_classes = max(len(cfg.data.labels), 2)
+    model.eval()
+    for case in cases:
+        probabilities = predict_prepared(model, cfg, case, device=device, mirror_axes=[])
+        pred = probabilities.argmax(0)[None, None]
+        ref = torch.from_numpy(case.label.astype(np.int64))[None, None]
+        metric(one_hot(pred, num_classes), one_hot(ref, num_classes))
+    per_class = metric.aggregate().tolist()
+    model.train()
+    names = [cfg.data.labels[k] for k in sorted(cfg.data.labels) if k != 0]
+    row = {f"val_dice_{n}": float(v) for n, v in zip(names, per_class, strict=False)}
+    valid = [v for v in per_class if not math.isnan(v)]
+    row["val_mean_dice"] = float(np.mean(valid)) if valid else float("nan")
+    return row
+
+
+class _StopFlag:
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum, frame) -> None:
+        self.requested = True
+        log.warning("signal %s received: saving a checkpoint and stopping after this iteration", signum)
+
+
+@contextmanager
+def _signals(flag: _StopFlag):
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for s in previous:
+            signal.signal(s, flag)
+    except ValueError:  # not in the main thread: leave signals alone
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
+    state = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(rng: np.random.Generator, state: dict[str, Any]) -> None:
+    rng.bit_generator.state = state["numpy"]
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _run_dir(cfg: Config, run_dir: Path | None, resume: bool) -> Path:
+    path = Path(run_dir) if run_dir is not None else Path(cfg.experiment.output_dir) / cfg.experiment.name
+    if not resume and (path / "checkpoint_last.pt").exists():
+        raise SegfuseInputError(
+            f"{path}: a run already exists here; continue it with --resume {path}, or choose another "
+            "experiment.name / --run-dir"
+        )
+    return path
+
+
+def train(
+    cfg: Config | None = None,
+    *,
+    run_dir: str | Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    interrupt_at: int | None = None,
+) -> TrainResult:
+    """Train a FusionUNet as ``cfg`` says; returns where the run lives.
+
+    Args:
+        cfg: the run config (``None`` with ``resume``: the checkpoint's config is used).
+        run_dir: run folder (default ``experiment.output_dir / experiment.name``).
+        resume: continue from ``run_dir/checkpoint_last.pt``.
+        progress: show progress bars.
+        interrupt_at: stop after this iteration as if interrupted (used by tests
+            and the benchmark to exercise resume).
+    """
+    state = None
+    if resume:
+        if run_dir is None:
+            raise SegfuseInputError("resume needs the run folder (segfuse train --resume RUN_DIR)")
+        state = load_checkpoint(Path(run_dir) / "checkpoint_last.pt")
+        cfg = config_from_dict(state["config"])
+    if cfg is None:
+        raise SegfuseInputError("train needs a config (--config FILE) or --resume RUN_DIR")
+    run_path = _run_dir(cfg, run_dir, resume)
+    rank, world = _distributed()
+    device = _device(cfg.training.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
+    if cfg.experiment.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(cfg.experiment.seed + rank)
+    rng = np.random.default_rng(cfg.experiment.seed + 1000 * rank)
+
+    train_cases, val_cases, cfg = load_cases(cfg, progress, rank)
+    if not train_cases:
+        raise SegfuseInputError(f"{cfg.data.dataset}: no training cases after the validation split")
+    scales = {name: tuple(spec.scale) for name, spec in cfg.data.aux.items()}
+    lcm = scales_lcm(scales)
+    margin = _margin(cfg, lcm)
+    if cfg.spatial_dims == 3:
+        padded = [pad_case(c, scales, cfg.training.patch_size, margin) for c in train_cases]
+    else:
+        plane_patch = [*cfg.training.patch_size, lcm[2]]
+        padded = [pad_case(c, scales, plane_patch, [*margin, 0]) for c in train_cases]
+
+    in_channels = train_cases[0].primary.shape[0]
+    model = build_model(cfg, in_channels=in_channels).to(device)
+    optimizer = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    use_amp = cfg.training.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loss_fn = _loss(cfg)
+
+    iteration, best, history, running = 0, -1.0, [], [0.0, 0]
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        iteration, best, history = state["iteration"], state["best_metric"], list(state["history"])
+        running = list(state.get("running", [0.0, 0]))
+        _restore_rng(rng, state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+    net = model
+    if world > 1:
+        device_ids = [device.index] if device.type == "cuda" else None
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+
+    is_main = rank == 0
+    logger = None
+    if is_main:
+        run_path.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_path / "config.yaml")
+        logger = RunLogger(run_path, history)
+
+    def checkpoint(name: str, gather: bool = True) -> None:
+        rng_states: Any = _rng_state(rng)
+        if world > 1 and gather:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, rng_states)
+            rng_states = gathered
+        if not is_main:
+            return
+        save_checkpoint(
+            {
+                "model": model.state_dict(),
+                "config": cfg.to_dict(),
+                "in_channels": in_channels,
+                "iteration": iteration,
+                "epoch": iteration // cfg.training.iterations_per_epoch,
+                "best_metric": best,
+                "history": logger.history if logger else [],
+                "running": running,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rng_states,
+            },
+            run_path / name,
+        )
+
+    flag = _StopFlag()
+    total = cfg.training.iterations
+    started = time.monotonic()
+    budget = cfg.training.max_minutes * 60 if cfg.training.max_minutes else None
+    bar = tqdm(total=total, initial=iteration, desc="training", unit="it", disable=not progress or not is_main)
+    model.train()
+    with _signals(flag):
+        while iteration < total:
+            x, aux, present, y = _batch(padded, cfg, rng, margin, device)
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                out = net(x, aux=aux, present=present)
+                loss = loss_fn(out, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            iteration += 1
+            running[0] += float(loss.detach())
+            running[1] += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{running[0] / max(1, running[1]):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+
+            epoch_end = iteration % cfg.training.iterations_per_epoch == 0 or iteration == total
+            out_of_time = budget is not None and time.monotonic() - started > budget
+            stop = flag.requested or out_of_time or (interrupt_at is not None and iteration >= interrupt_at)
+            if world > 1:  # every rank must take the same branch, or collectives deadlock
+                decision = torch.tensor([float(stop), float(out_of_time)], device=device)
+                dist.all_reduce(decision, op=dist.ReduceOp.MAX)
+                stop, out_of_time = bool(decision[0]), bool(decision[1])
+            if epoch_end or out_of_time:
+                epoch = math.ceil(iteration / cfg.training.iterations_per_epoch)
+                row: dict[str, Any] = {
+                    "epoch": epoch,
+                    "iteration": iteration,
+                    "lr": scheduler.get_last_lr()[0],
+                    "train_loss": running[0] / max(1, running[1]),
+                    "elapsed_s": round(time.monotonic() - started, 2),
+                }
+                running = [0.0, 0]
+                is_val = val_cases and (epoch % cfg.training.val_every == 0 or iteration == total or out_of_time)
+                if is_main and is_val:
+                    row.update(validate(model, cfg, val_cases, device))
+                    if row["val_mean_dice"] > best:
+                        best = row["val_mean_dice"]
+                        checkpoint("checkpoint_best.pt", gather=False)
+                if is_main:
+                    logger.log(row)
+                if world > 1:
+                    dist.barrier()
+                checkpoint("checkpoint_last.pt")
+            elif stop:
+                checkpoint("checkpoint_last.pt")
+            if stop:
+                break
+    bar.close()
+    if not val_cases and is_main:
+        # no validation set: the last weights are the best we know
+        checkpoint("checkpoint_best.pt", gather=False)
+    if logger:
+        logger.close()
+    interrupted = iteration < total
+    if interrupted and is_main:
+        log.warning("training stopped at iteration %d of %d; continue with: segfuse train --resume %s",
+                    iteration, total, run_path)
+    return TrainResult(run_path, iteration, best, interrupted, logger.history if logger else [])
