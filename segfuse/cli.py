@@ -1,0 +1,122 @@
+"""The ``segfuse`` command line: thin verbs over importable library functions.
+
+Each verb is two small functions and one entry in :data:`VERBS`:
+
+* ``add_arguments(parser)`` declares the verb's options;
+* ``run(args) -> int`` imports the library function it wraps (lazily, so
+  ``segfuse --version`` does not load torch), calls it and returns an exit code.
+
+Errors in the user's input (:class:`segfuse.io.errors.SegfuseInputError`, or any
+``ValueError`` raised while checking inputs) are printed as one line,
+``segfuse: error: <message>``, with exit code 2 and no traceback.
+
+Example:
+    >>> main(["evaluate", "--pred", "preds/", "--ref", "labelsTs/", "--out", "eval/"])  # doctest: +SKIP
+    0
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from segfuse import __version__
+
+__all__ = ["VERBS", "Verb", "build_parser", "main"]
+
+PROG = "segfuse"
+EXIT_USAGE = 2
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One ``segfuse <verb>``: a one-line help, its options and what it runs."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+# ------------------------------------------------------------------ evaluate
+
+
+def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--pred",
+        type=Path,
+        required=True,
+        help="folder of predicted label images, or a CSV manifest with columns case_id,pred,ref",
+    )
+    parser.add_argument(
+        "--ref", type=Path, default=None, help="folder of reference label images (omit with a manifest)"
+    )
+    parser.add_argument(
+        "--out", type=Path, required=True, help="output folder for per_case.csv, summary.json, dice_boxplot.png"
+    )
+    parser.add_argument(
+        "--tolerance-mm",
+        type=float,
+        default=1.0,
+        help="boundary tolerance of the normalised surface Dice, in mm (default: 1.0)",
+    )
+
+
+def _evaluate_run(args: argparse.Namespace) -> int:
+    from segfuse.evaluation.evaluate import evaluate
+
+    result = evaluate(args.pred, args.ref, args.out, tolerance_mm=args.tolerance_mm)
+    print(result.table())
+    print(f"wrote {result.out_dir / 'per_case.csv'}, summary.json and dice_boxplot.png")
+    return 0
+
+
+#: verb name → :class:`Verb`. Add a verb by adding one entry here.
+VERBS: dict[str, Verb] = {
+    "evaluate": Verb(
+        help="score predicted label images against references (Dice, IoU, HD95, NSD, volume)",
+        add_arguments=_evaluate_arguments,
+        run=_evaluate_run,
+    ),
+}
+
+
+# ---------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one subparser per entry of :data:`VERBS`."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Medical image segmentation with auxiliary scans fused at their native resolution.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name, verb in VERBS.items():
+        verb_parser = sub.add_parser(name, help=verb.help, description=verb.help)
+        verb.add_arguments(verb_parser)
+        verb_parser.set_defaults(run=verb.run)
+    return parser
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the verb, return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "run", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.run(args))
+    except ValueError as err:  # SegfuseInputError included: bad input, not a bug in segfuse
+        print(f"{PROG}: error: {_one_line(str(err))}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
