@@ -40,6 +40,38 @@ class Verb:
     run: Callable[[argparse.Namespace], int]
 
 
+# ---------------------------------------------------------------------- plan
+
+
+def _plan_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", type=Path, help="dataset folder, its dataset.json, or a CSV/YAML manifest")
+    parser.add_argument("--out", type=Path, required=True, help="where to write the plan (YAML run config)")
+    parser.add_argument("--primary", default=None, help="primary modality name (default: the layout's first)")
+    parser.add_argument(
+        "--aux", nargs="*", default=None, metavar="NAME", help="auxiliary modalities (default: all the others)"
+    )
+    parser.add_argument("--mode", choices=("2d", "3d"), default="3d", help="train on 2D slices or 3D patches")
+    parser.add_argument("--memory-gb", type=float, default=4.0, help="training memory budget in GiB (default: 4)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _plan_run(args: argparse.Namespace) -> int:
+    from segfuse.data.plan import plan_dataset
+
+    _, report = plan_dataset(
+        args.dataset,
+        primary=args.primary,
+        aux=args.aux,
+        mode=args.mode,
+        memory_budget_gb=args.memory_gb,
+        out=args.out,
+        progress=not args.no_progress,
+    )
+    print(report.table())
+    print(f"wrote {args.out}; edit it, then run: segfuse train --config {args.out}")
+    return 0
+
+
 # ------------------------------------------------------------------ evaluate
 
 
@@ -75,6 +107,11 @@ def _evaluate_run(args: argparse.Namespace) -> int:
 
 #: verb name → :class:`Verb`. Add a verb by adding one entry here.
 VERBS: dict[str, Verb] = {
+    "plan": Verb(
+        help="fingerprint a dataset and write an editable plan: spacing, patch, batch, normalisation, aux scales",
+        add_arguments=_plan_arguments,
+        run=_plan_run,
+    ),
     "evaluate": Verb(
         help="score predicted label images against references (Dice, IoU, HD95, NSD, volume)",
         add_arguments=_evaluate_arguments,
