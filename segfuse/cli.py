@@ -105,6 +105,85 @@ def _evaluate_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------- predict
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file (or a run folder)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--image", type=Path, help="one case: the primary scan (NIfTI, NRRD, MHA or DICOM folder)")
+    source.add_argument("--dataset", type=Path, help="many cases: a dataset folder or a CSV/YAML manifest")
+    parser.add_argument(
+        "--aux", action="append", default=[], metavar="NAME=PATH", help="an auxiliary scan of the --image case"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="label file for --image; output folder for --dataset")
+    parser.add_argument("--probabilities", action="store_true", help="also write the probability maps")
+    parser.add_argument("--qc", action="store_true", help="also write QC pictures (PNG)")
+    parser.add_argument("--mirror", action="store_true", help="mirror test-time augmentation on every axis")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    parser.add_argument("--resume", action="store_true", help="--dataset: skip cases finished with unchanged outputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _predict_run(args: argparse.Namespace) -> int:
+    from segfuse.inference.predict import case_from_paths, predict, predict_case
+
+    mirror = True if args.mirror else None
+    if args.image is not None:
+        if args.resume:
+            raise ValueError("--resume applies to --dataset runs only")
+        if any("=" not in a for a in args.aux):
+            raise ValueError(f"--aux must look like NAME=PATH, got {args.aux}")
+        aux = dict(a.split("=", 1) for a in args.aux)
+        result = predict_case(
+            args.checkpoint,
+            case_from_paths(args.image, aux),
+            args.out,
+            save_probabilities=args.probabilities,
+            qc_path=True if args.qc else None,
+            device=args.device,
+            mirror=mirror,
+            progress=not args.no_progress,
+        )
+        print("wrote " + ", ".join(str(p) for p in result.outputs().values()))
+        return 0
+    if args.aux:
+        raise ValueError("--aux applies to --image; a --dataset names its auxiliaries itself")
+    batch = predict(
+        args.checkpoint,
+        args.dataset,
+        args.out,
+        resume=args.resume,
+        save_probabilities=args.probabilities,
+        qc=args.qc,
+        device=args.device,
+        mirror=mirror,
+        progress=not args.no_progress,
+    )
+    print(batch.summary())
+    return 0 if batch.ok else 1  # 1: some cases failed (2 is kept for bad input)
+
+
+# -------------------------------------------------------------------- ablate
+
+
+def _ablate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint trained with modality dropout")
+    parser.add_argument("--dataset", type=Path, required=True, help="labelled dataset folder or CSV/YAML manifest")
+    parser.add_argument("--out", type=Path, required=True, help="output folder (ablation.csv, ablation.json, runs)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _ablate_run(args: argparse.Namespace) -> int:
+    from segfuse.evaluation.ablate import ablate
+
+    result = ablate(args.checkpoint, args.dataset, args.out, device=args.device, progress=not args.no_progress)
+    print(result.table())
+    print(f"wrote {result.out_dir / 'ablation.csv'} and ablation.json")
+    return 0
+
+
 #: verb name → :class:`Verb`. Add a verb by adding one entry here.
 VERBS: dict[str, Verb] = {
     "plan": Verb(
@@ -116,6 +195,16 @@ VERBS: dict[str, Verb] = {
         help="score predicted label images against references (Dice, IoU, HD95, NSD, volume)",
         add_arguments=_evaluate_arguments,
         run=_evaluate_run,
+    ),
+    "predict": Verb(
+        help="segment scans with a checkpoint: label maps on the exact input grid, probabilities, QC pictures",
+        add_arguments=_predict_arguments,
+        run=_predict_run,
+    ),
+    "ablate": Verb(
+        help="the value of each auxiliary: Dice with all, without each, and without any auxiliary",
+        add_arguments=_ablate_arguments,
+        run=_ablate_run,
     ),
 }
 
