@@ -218,6 +218,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):
+            # PyYAML (YAML 1.1) reads exponents without a dot, such as 1e-3, as strings
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise SegfuseInputError(f"config key {key}: expected a number, got {value!r}")
     if tp is str:
         if isinstance(value, str):
@@ -303,8 +309,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise SegfuseInputError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(tree, dict):
             raise SegfuseInputError(f"{path}: expected a mapping of sections at the top level")
-        dataset = tree.get("data", {}).get("dataset")
-        if dataset and not Path(dataset).is_absolute():
+        data = tree.get("data")
+        dataset = data.get("dataset") if isinstance(data, dict) else None
+        if isinstance(dataset, str) and dataset and not Path(dataset).is_absolute():
             # dataset paths in a YAML file are relative to that file
             tree["data"]["dataset"] = str((path.parent / dataset).resolve())
     for override in overrides or []:

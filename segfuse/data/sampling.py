@@ -67,16 +67,30 @@ def pad_case(case: PreparedCase, scales: Mapping[str, Sequence[int]], patch: Seq
     return PaddedCase(case.case_id, primary, aux, label, spacing, foreground)
 
 
+def _foreground_point(case: PaddedCase, rng: np.random.Generator) -> np.ndarray:
+    """A random foreground voxel: a random label value first, then a voxel of it."""
+    value = list(case.foreground)[rng.integers(len(case.foreground))]
+    points = case.foreground[value]
+    return points[rng.integers(len(points))]
+
+
 def window_start(
-    case: PaddedCase, window: Sequence[int], lcm: Sequence[int], rng: np.random.Generator, foreground: bool
+    case: PaddedCase,
+    window: Sequence[int],
+    lcm: Sequence[int],
+    rng: np.random.Generator,
+    foreground: bool,
+    centre: np.ndarray | None = None,
 ) -> list[int]:
-    """Start of a ``window`` (multiples of ``lcm``), centred on a random foreground voxel if asked."""
+    """Start of a ``window`` (multiples of ``lcm``), centred on a random foreground voxel if asked.
+
+    ``centre``: the foreground voxel to centre on (drawn here when ``None``).
+    """
     shape = case.primary.shape[1:]
     highest = [(n - w) // step for n, w, step in zip(shape, window, lcm, strict=True)]
     if foreground and case.foreground:
-        value = list(case.foreground)[rng.integers(len(case.foreground))]
-        points = case.foreground[value]
-        centre = points[rng.integers(len(points))]
+        if centre is None:
+            centre = _foreground_point(case, rng)
         return [
             int(np.clip((c - w // 2) // step, 0, h)) * step
             for c, w, step, h in zip(centre, window, lcm, highest, strict=True)
@@ -146,13 +160,13 @@ def _slice_window(case, patch, margin, scales, lcm, rng, foreground, axis, conte
     for d, p, m in zip(plane, patch, margin, strict=True):
         window3[d] = p + 2 * m
     window3[axis] = lcm[axis]
-    start = window_start(case, window3, lcm, rng, foreground)
+    # one foreground voxel gives both the in-plane window and the slice, so the slice
+    # shows foreground inside the window (two separate draws could miss each other)
+    centre = _foreground_point(case, rng) if foreground and case.foreground else None
+    start = window_start(case, window3, lcm, rng, foreground, centre=centre)
     z = start[axis] + (int(rng.integers(lcm[axis])) if not foreground else 0)
-    if foreground and case.foreground:
-        # window_start aligned the slab; pick a foreground slice inside it when there is one
-        value = list(case.foreground)[rng.integers(len(case.foreground))]
-        points = case.foreground[value]
-        z = int(points[rng.integers(len(points))][axis])
+    if centre is not None:
+        z = int(centre[axis])
     n_slices = case.primary.shape[1 + axis]
     indices = np.clip(np.arange(z - context, z + context + 1), 0, n_slices - 1)
     in_plane = tuple(slice(start[d], start[d] + window3[d]) for d in plane)
