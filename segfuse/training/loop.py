@@ -169,18 +169,21 @@ def _batch(
 
 def validate(model: torch.nn.Module, cfg: Config, cases: list[PreparedCase], device: torch.device) -> dict[str, float]:
     """Mean Dice per foreground class over ``cases`` (sliding-window inference, MONAI DiceMetric)."""
-    from monai.metrics import DiceMetric
+    # MONAI's functional Dice: its DiceMetric class would all-gather across ranks,
+    # and only rank 0 validates.
+    from monai.metrics import compute_dice
     from monai.networks.utils import one_hot
 
-    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
     num_classes = max(len(cfg.data.labels), 2)
     model.eval()
+    scores = []
     for case in cases:
         probabilities = predict_prepared(model, cfg, case, device=device, mirror_axes=[])
         pred = probabilities.argmax(0)[None, None]
         ref = torch.from_numpy(case.label.astype(np.int64))[None, None]
-        metric(one_hot(pred, num_classes), one_hot(ref, num_classes))
-    per_class = metric.aggregate().tolist()
+        scores.append(compute_dice(one_hot(pred, num_classes), one_hot(ref, num_classes), include_background=False,
+                                   ignore_empty=True)[0])
+    per_class = torch.nanmean(torch.stack(scores), dim=0).tolist()
     model.train()
     names = [cfg.data.labels[k] for k in sorted(cfg.data.labels) if k != 0]
     row = {f"val_dice_{n}": float(v) for n, v in zip(names, per_class, strict=False)}
