@@ -185,11 +185,74 @@ def _ablate_run(args: argparse.Namespace) -> int:
 
 
 #: verb name → :class:`Verb`. Add a verb by adding one entry here.
+# --------------------------------------------------------------------- train
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, default=None, help="run config YAML (from `segfuse plan` or configs/)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. training.iterations=500"
+    )
+    parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: output_dir/name)")
+    parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _train_run(args: argparse.Namespace) -> int:
+    from segfuse.config import load_config
+    from segfuse.training.loop import train
+
+    if args.resume is not None:
+        if args.config is not None or args.overrides:
+            raise ValueError("--resume continues a run with the config saved in it; drop --config and overrides")
+        result = train(run_dir=args.resume, resume=True, progress=not args.no_progress)
+    else:
+        if args.config is None:
+            raise ValueError("train needs --config FILE (write one with `segfuse plan`), or --resume RUN_DIR")
+        cfg = load_config(args.config, args.overrides)
+        result = train(cfg, run_dir=args.run_dir, progress=not args.no_progress)
+    if result.interrupted:
+        print(f"stopped at iteration {result.iteration}; continue with: segfuse train --resume {result.run_dir}")
+        return 130
+    print(f"finished {result.iteration} iterations; best validation mean Dice {result.best_metric:.4f}")
+    print(f"run folder: {result.run_dir} (checkpoint_best.pt, metrics.csv, training_curve.png)")
+    return 0
+
+
+# ---------------------------------------------------------------------- demo
+
+
+def _demo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. training.iterations=60"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _demo_run(args: argparse.Namespace) -> int:
+    from segfuse.demo import run_demo
+
+    run_demo(args.out, device=args.device, overrides=args.overrides, progress=not args.no_progress)
+    return 0
+
+
 VERBS: dict[str, Verb] = {
+    "demo": Verb(
+        help="train, predict and evaluate on the bundled hippocampus sample (a few minutes on a CPU)",
+        add_arguments=_demo_arguments,
+        run=_demo_run,
+    ),
     "plan": Verb(
         help="fingerprint a dataset and write an editable plan: spacing, patch, batch, normalisation, aux scales",
         add_arguments=_plan_arguments,
         run=_plan_run,
+    ),
+    "train": Verb(
+        help="train a FusionUNet from a run config; --resume continues an interrupted run",
+        add_arguments=_train_arguments,
+        run=_train_run,
     ),
     "evaluate": Verb(
         help="score predicted label images against references (Dice, IoU, HD95, NSD, volume)",
