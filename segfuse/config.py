@@ -121,6 +121,7 @@ class TrainingConfig:
     iterations: int = 1000
     iterations_per_epoch: int = 50
     max_minutes: float | None = None
+    schedule: str = "iterations"
     optimizer: str = "adamw"
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -282,6 +283,12 @@ def validate(cfg: Config) -> Config:
     for key, value in (("training.optimizer", cfg.training.optimizer),):
         if value not in ("adamw", "sgd"):
             raise SegfuseInputError(f"config key {key}: expected 'adamw' or 'sgd', got {value!r}")
+    if cfg.training.schedule not in ("iterations", "time"):
+        raise SegfuseInputError(
+            f"config key training.schedule: expected 'iterations' or 'time', got {cfg.training.schedule!r}"
+        )
+    if cfg.training.schedule == "time" and not cfg.training.max_minutes:
+        raise SegfuseInputError("config key training.schedule: 'time' needs training.max_minutes (the budget)")
     if cfg.data.cache not in ("memory", "none"):
         raise SegfuseInputError(f"config key data.cache: expected 'memory' or 'none', got {cfg.data.cache!r}")
     if not 0.0 <= cfg.inference.overlap < 1.0:

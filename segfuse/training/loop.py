@@ -85,6 +85,14 @@ def _lr_lambda(cfg: Config):
     return factor
 
 
+def _time_factor(cfg: Config, iteration: int, train_seconds: float) -> float:
+    """Warm-up in iterations, then poly decay over the fraction of the time budget spent."""
+    warmup, power = cfg.training.warmup_iterations, cfg.training.poly_power
+    if warmup and iteration < warmup:
+        return (iteration + 1) / warmup
+    return max(0.0, 1.0 - train_seconds / (cfg.training.max_minutes * 60)) ** power
+
+
 def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     t = cfg.training
     if t.optimizer == "sgd":
@@ -299,7 +307,7 @@ def train(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = _loss(cfg)
 
-    iteration, best, history, running = 0, -1.0, [], [0.0, 0]
+    iteration, best, history, running, train_seconds = 0, -1.0, [], [0.0, 0], 0.0
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -307,6 +315,7 @@ def train(
         scaler.load_state_dict(state["scaler"])
         iteration, best, history = state["iteration"], state["best_metric"], list(state["history"])
         running = list(state.get("running", [0.0, 0]))
+        train_seconds = float(state.get("train_seconds", 0.0))
         _restore_rng(rng, state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
     net = model
     if world > 1:
@@ -338,6 +347,7 @@ def train(
                 "best_metric": best,
                 "history": logger.history if logger else [],
                 "running": running,
+                "train_seconds": train_seconds,
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
@@ -349,11 +359,17 @@ def train(
     flag = _StopFlag()
     total = cfg.training.iterations
     started = time.monotonic()
+    # the budget counts optimisation time only; validation and checkpoints are extra
     budget = cfg.training.max_minutes * 60 if cfg.training.max_minutes else None
+    by_time = cfg.training.schedule == "time"
     bar = tqdm(total=total, initial=iteration, desc="training", unit="it", disable=not progress or not is_main)
     model.train()
     with _signals(flag):
         while iteration < total:
+            step_started = time.monotonic()
+            if by_time:
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.training.lr * _time_factor(cfg, iteration, train_seconds)
             x, aux, present, y = _batch(padded, cfg, rng, margin, device)
             with torch.autocast(device_type=device.type, enabled=use_amp):
                 out = net(x, aux=aux, present=present)
@@ -364,15 +380,19 @@ def train(
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
             scaler.step(optimizer)
             scaler.update()
-            scheduler.step()
+            if not by_time:
+                scheduler.step()
             iteration += 1
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            train_seconds += time.monotonic() - step_started
             running[0] += float(loss.detach())
             running[1] += 1
             bar.update(1)
-            bar.set_postfix(loss=f"{running[0] / max(1, running[1]):.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            bar.set_postfix(loss=f"{running[0] / max(1, running[1]):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
 
             epoch_end = iteration % cfg.training.iterations_per_epoch == 0 or iteration == total
-            out_of_time = budget is not None and time.monotonic() - started > budget
+            out_of_time = budget is not None and train_seconds > budget
             stop = flag.requested or out_of_time or (interrupt_at is not None and iteration >= interrupt_at)
             if world > 1:  # every rank must take the same branch, or collectives deadlock
                 decision = torch.tensor([float(stop), float(out_of_time)], device=device)
@@ -383,8 +403,9 @@ def train(
                 row: dict[str, Any] = {
                     "epoch": epoch,
                     "iteration": iteration,
-                    "lr": scheduler.get_last_lr()[0],
+                    "lr": optimizer.param_groups[0]["lr"],
                     "train_loss": running[0] / max(1, running[1]),
+                    "train_s": round(train_seconds, 2),
                     "elapsed_s": round(time.monotonic() - started, 2),
                 }
                 running = [0.0, 0]
