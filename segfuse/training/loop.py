@@ -362,7 +362,12 @@ def train(
     # the budget counts optimisation time only; validation and checkpoints are extra
     budget = cfg.training.max_minutes * 60 if cfg.training.max_minutes else None
     by_time = cfg.training.schedule == "time"
-    bar = tqdm(total=total, initial=iteration, desc="training", unit="it", disable=not progress or not is_main)
+    disable = not progress or not is_main
+    if by_time:  # the budget, not the iteration cap, decides the end: show seconds of it
+        bar = tqdm(total=round(budget), initial=round(train_seconds), desc="training", unit="s", disable=disable,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s budget [{elapsed}<{remaining}{postfix}]")
+    else:
+        bar = tqdm(total=total, initial=iteration, desc="training", unit="it", disable=disable)
     model.train()
     with _signals(flag):
         while iteration < total:
@@ -388,8 +393,13 @@ def train(
             train_seconds += time.monotonic() - step_started
             running[0] += float(loss.detach())
             running[1] += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{running[0] / max(1, running[1]):.3f}", lr=f"{optimizer.param_groups[0]['lr']:.2e}")
+            bar.update(min(train_seconds, budget) - bar.n if by_time else 1)
+            bar.set_postfix(
+                it=iteration,
+                loss=f"{running[0] / max(1, running[1]):.3f}",
+                lr=f"{optimizer.param_groups[0]['lr']:.2e}",
+                s_per_it=f"{train_seconds / max(1, iteration):.2f}",
+            )
 
             epoch_end = iteration % cfg.training.iterations_per_epoch == 0 or iteration == total
             out_of_time = budget is not None and train_seconds > budget
