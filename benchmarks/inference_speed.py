@@ -1,0 +1,494 @@
+"""Inference speed on CPU: segfuse predict versus MONAI's sliding window (issues 4 and 5, §3).
+
+A benchmark, not a test. One BraTS-size case, a 240×240×155 T1 primary with its
+FLAIR at 2×2×4 mm (120×120×39), taken from ``../shared/data/brats18_t1_flair``
+when present (``t1.nii.gz`` + ``flair_2x2x4mm.nii.gz``), else random data of
+those shapes (the report says which). Methods, each in a fresh subprocess so
+that peak RSS (``ru_maxrss``) belongs to one method:
+
+- ``segfuse predict``: :func:`segfuse.inference.predict.predict_case` from a
+  checkpoint file, the whole path: reading the checkpoint and rebuilding the
+  network, reading the NIfTI files, preprocessing (canonical RAS, z-score),
+  the multi-resolution sliding window (the FLAIR windowed at its own 2×2×4 grid),
+  the label map written on the input grid. The same runs also time the stages:
+  ``window+network`` is :func:`segfuse.inference.engine.predict_prepared` alone
+  (windows, network, softmax, Gaussian blending), measured by wrapping the
+  function ``predict_case`` calls.
+- ``MONAI``: ``monai.inferers.sliding_window_inference`` with
+  ``FlexibleUNet(in_channels=2, out_channels=2, backbone="resnet18",
+  spatial_dims=3, pretrained=False)`` on the T1 and the FLAIR upsampled
+  trilinearly to the T1 grid (early fusion; the upsampling is timed). Inputs are
+  in memory: MONAI's time has no reading, preprocessing or writing.
+
+Both use the same window (``--roi``, default the segfuse config's roi), overlap
+(``--overlap``, default 0.5), ``sw_batch_size``, Gaussian blending
+(``sigma_scale=0.125``) and softmax inside the predictor. The segfuse network is
+the one ``configs/brats_t1_flair_lowres.yaml`` describes (``--config``; a
+built-in equivalent when the file is absent), saved untrained with
+:func:`segfuse.io.checkpoint.save_checkpoint`: weights do not change the time.
+With ``--tta`` a second table repeats both with mirror test-time augmentation
+over the three axes (8 passes per window; for MONAI the predictor averages the
+same 8 flips).
+
+Each subprocess runs one warm-up call (reported apart), then ``--repeats`` timed
+calls; the table shows the median. ``--profile`` adds a ``torch.profiler``
+breakdown of one segfuse ``window+network`` call and one MONAI call.
+
+Usage::
+
+    nice -n 19 .venv/bin/python benchmarks/inference_speed.py --json /tmp/speed.json
+    nice -n 19 .venv/bin/python benchmarks/inference_speed.py --quick   # < 10 min smoke run
+
+Prints markdown tables, the machine, the date and the exact command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "configs" / "brats_t1_flair_lowres.yaml"
+DEFAULT_CASE = REPO.parent / "shared" / "data" / "brats18_t1_flair" / "Brats18_CBICA_AAB_1"
+AUX_NAME = "flair_2x2x4mm"
+SCALE = (2, 2, 4)
+FULL_SHAPE = (240, 240, 155)
+QUICK_SHAPE = (128, 128, 64)  # a centred crop; starts are multiples of SCALE
+TARGET_RATIO = 1.0
+
+# The brats-like network when the YAML is absent (same fields as the YAML's).
+BUILTIN_CONFIG: dict[str, Any] = {
+    "data": {
+        "aux": {
+            AUX_NAME: {
+                "scale": list(SCALE),
+                "mapper": "conv",
+                "fusion": "concat",
+                "features": 16,
+                "mapper_layers": 2,
+                "dropout": 0.3,
+                "norm": {"kind": "mr"},
+            }
+        },
+        "labels": {0: "background", 1: "whole_tumour"},
+        "target_spacing": [1.0, 1.0, 1.0],
+        "primary_norm": {"kind": "mr"},
+    },
+    "model": {
+        "mode": "3d",
+        "encoder_depth": 5,
+        "widen_factor": 0.5,
+        "stem_kernel": 3,
+        "norm": "instance",
+        "decoder_channels": [128, 64, 32, 16, 16],
+        "deep_supervision": True,
+    },
+    "training": {"patch_size": [96, 96, 64], "batch_size": 2},
+    "inference": {"overlap": 0.5, "sw_batch_size": 2, "blend": "gaussian"},
+}
+
+
+def log(msg: str) -> None:
+    print(f"[inference_speed] {msg}", file=sys.stderr, flush=True)
+
+
+# -- inputs ------------------------------------------------------------------------------
+
+
+def segfuse_config(path: Path | None, roi: list[int] | None, overlap: float, sw_batch_size: int):
+    """The run config (YAML when present, else built-in) with the benchmark's window settings."""
+    from segfuse.config import config_from_dict, load_config
+
+    overrides = [
+        f"inference.overlap={overlap}",
+        f"inference.sw_batch_size={sw_batch_size}",
+        "inference.mirror_axes=[]",
+        "inference.blend=gaussian",
+        "training.device=cpu",
+        "data.labels={0: background, 1: whole_tumour}",
+    ]
+    if roi:
+        overrides.append(f"inference.roi_size={list(roi)}")
+    if path is not None and path.is_file():
+        cfg = load_config(path, overrides)
+        return cfg, str(path.relative_to(REPO) if path.is_relative_to(REPO) else path)
+    cfg = config_from_dict(BUILTIN_CONFIG)
+    cfg.inference.overlap, cfg.inference.sw_batch_size = overlap, sw_batch_size
+    if roi:
+        cfg.inference.roi_size = list(roi)
+    return cfg, "built-in (brats-like: widen 0.5, stem 3, depth 5, decoder [128, 64, 32, 16, 16])"
+
+
+def write_inputs(case_dir: Path, shape: tuple[int, ...], work: Path) -> tuple[Path, Path, str]:
+    """T1 and 2×2×4 FLAIR NIfTI files of ``shape`` in ``work``; real data when present."""
+    import nibabel as nib
+    import numpy as np
+
+    aux_shape = tuple(-(-n // s) for n, s in zip(shape, SCALE, strict=True))
+    t1_path, flair_path = work / "t1.nii.gz", work / f"{AUX_NAME}.nii.gz"
+    real_t1, real_flair = case_dir / "t1.nii.gz", case_dir / f"{AUX_NAME}.nii.gz"
+    if real_t1.is_file() and real_flair.is_file():
+        t1, flair = nib.load(real_t1), nib.load(real_flair)
+        full = tuple(t1.shape)
+        if shape != full:
+            # Centred crop whose start is a multiple of the scale keeps the grids edge-aligned.
+            start = [((n - m) // 2) // s * s for n, m, s in zip(full, shape, SCALE, strict=True)]
+            t1 = t1.slicer[tuple(slice(a, a + m) for a, m in zip(start, shape, strict=True))]
+            flair = flair.slicer[
+                tuple(slice(a // s, a // s + m) for a, s, m in zip(start, SCALE, aux_shape, strict=True))
+            ]
+        nib.save(nib.Nifti1Image(np.asarray(t1.dataobj, dtype=np.float32), t1.affine, t1.header), t1_path)
+        nib.save(nib.Nifti1Image(np.asarray(flair.dataobj, dtype=np.float32), flair.affine, flair.header), flair_path)
+        source = f"real BraTS case {case_dir.name}" + ("" if shape == full else f", centred crop {shape}")
+        return t1_path, flair_path, source
+    rng = np.random.default_rng(0)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), affine), t1_path)
+    nib.save(nib.Nifti1Image(rng.normal(size=aux_shape).astype(np.float32), np.diag([*SCALE, 1.0])), flair_path)
+    return t1_path, flair_path, f"random normal data (no BraTS case at {case_dir})"
+
+
+# -- workers (one per subprocess) ---------------------------------------------------------
+
+
+def _timed(fn, repeats: int) -> tuple[float, list[float]]:
+    start = time.perf_counter()
+    fn()
+    warm = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return warm, times
+
+
+def _profile(fn, rows: int = 15) -> list[dict[str, Any]]:
+    """Self CPU time of the top operators of one call of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    return [
+        {
+            "op": e.key,
+            "calls": e.count,
+            "self_s": round(e.self_cpu_time_total / 1e6, 3),
+            "share_pct": round(100 * e.self_cpu_time_total / total, 1),
+        }
+        for e in events[:rows]
+    ]
+
+
+def worker_segfuse(spec: dict[str, Any]) -> dict[str, Any]:
+    import segfuse.inference.predict as predict_module
+    from segfuse.inference.predict import case_from_paths, load_model, predict_case
+
+    stages: dict[str, list[float]] = {"window+network": [], "read+preprocess": []}
+    inner_predict, inner_prepare = predict_module.predict_prepared, predict_module.prepare_case
+
+    def timed_stage(name, fn):
+        def wrapped(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                stages[name].append(time.perf_counter() - start)
+
+        return wrapped
+
+    # predict_case looks both names up in its module at call time: wrapping them times the stages.
+    predict_module.predict_prepared = timed_stage("window+network", inner_predict)
+    predict_module.prepare_case = timed_stage("read+preprocess", inner_prepare)
+    case = case_from_paths(spec["t1"], {AUX_NAME: spec["flair"]}, case_id="bench")
+    out = Path(spec["work"]) / f"seg_{os.getpid()}.nii.gz"
+    mirror = [0, 1, 2] if spec["tta"] else False
+    warm, times = _timed(lambda: predict_case(spec["checkpoint"], case, out, mirror=mirror), spec["repeats"])
+    result = {
+        "warmup_s": warm,
+        "times_s": times,
+        "stages_s": {k: v[1:] for k, v in stages.items()},  # the warm-up call dropped
+        "stages_warmup_s": {k: v[0] for k, v in stages.items()},
+    }
+    model = load_model(spec["checkpoint"])
+    result["parameters"] = sum(p.numel() for p in model.net.parameters())
+    result["output_dtype"] = str(__import__("nibabel").load(out).get_data_dtype())
+    if spec["profile"]:
+        prepared = inner_prepare(case, model.preprocessing, with_label=False)
+        result["profile"] = _profile(lambda: inner_predict(model.net, model.cfg, prepared, mirror_axes=mirror or []))
+    return result
+
+
+def worker_monai(spec: dict[str, Any]) -> dict[str, Any]:
+    import itertools
+
+    import nibabel as nib
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from monai.inferers import sliding_window_inference
+    from monai.networks.nets import FlexibleUNet
+
+    def zscore(path: str) -> torch.Tensor:
+        array = np.asarray(nib.load(path).dataobj, dtype=np.float32)
+        mask = array != 0
+        if mask.any():
+            array = (array - array[mask].mean()) / (array[mask].std() + 1e-8)
+        return torch.from_numpy(array)[None, None]
+
+    t1, flair = zscore(spec["t1"]), zscore(spec["flair"])
+    torch.manual_seed(0)
+    net = FlexibleUNet(in_channels=2, out_channels=2, backbone="resnet18", spatial_dims=3, pretrained=False).eval()
+    flips = [[a + 2 for a in c] for k in range(4) for c in itertools.combinations(range(3), k)] if spec["tta"] else [[]]
+
+    def predictor(x: torch.Tensor) -> torch.Tensor:
+        # The same mirror TTA as segfuse's: every flip combination, un-flipped, averaged.
+        total = None
+        for dims in flips:
+            pred = torch.softmax(net(torch.flip(x, dims) if dims else x).float(), dim=1)
+            pred = torch.flip(pred, dims) if dims else pred
+            total = pred if total is None else total + pred
+        return total / len(flips)
+
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            up = F.interpolate(flair, size=tuple(t1.shape[2:]), mode="trilinear", align_corners=False)
+            return sliding_window_inference(
+                torch.cat([t1, up], dim=1),
+                spec["roi"],
+                spec["sw_batch_size"],
+                predictor,
+                overlap=spec["overlap"],
+                mode="gaussian",
+                sigma_scale=0.125,
+                padding_mode="constant",
+                cval=0.0,
+            )
+
+    warm, times = _timed(run, spec["repeats"])
+    result = {"warmup_s": warm, "times_s": times, "parameters": sum(p.numel() for p in net.parameters())}
+    if spec["profile"]:
+        result["profile"] = _profile(run)
+    return result
+
+
+def worker(spec: dict[str, Any]) -> None:
+    import torch
+
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    result = (worker_segfuse if spec["method"] == "segfuse" else worker_monai)(spec)
+    result["torch_threads"] = torch.get_num_threads()
+    result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    print(json.dumps(result))
+
+
+def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    load = os.getloadavg()[0]
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(spec)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{spec['method']} worker failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["load_average_1min"] = [load, os.getloadavg()[0]]
+    return result
+
+
+# -- report -------------------------------------------------------------------------------
+
+
+def machine_info() -> dict[str, Any]:
+    import monai
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "torch": torch.__version__,
+        "torch_threads_default": torch.get_num_threads(),
+        "monai": monai.__version__,
+        "python": platform.python_version(),
+        "nice": os.nice(0),
+    }
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 2) if values else None
+
+
+def table(rows: dict[str, dict[str, Any]], title: str) -> str:
+    seg, mon = rows["segfuse"], rows["monai"]
+    full, bare, ref = _median(seg["times_s"]), _median(seg["stages_s"]["window+network"]), _median(mon["times_s"])
+    lines = [
+        f"#### {title}",
+        "",
+        "| method | s / volume (median) | runs | warm-up s | peak RSS MiB | parameters | ratio segfuse / MONAI |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        f"| segfuse `predict_case` (checkpoint → read → preprocess → windows → write) | {full} | "
+        f"{len(seg['times_s'])} | {seg['warmup_s']:.1f} | {seg['peak_rss_mib']:.0f} | {seg['parameters']:,} | "
+        f"{full / ref:.2f} |",
+        f"| segfuse window+network only (`predict_prepared`, same runs) | {bare} | "
+        f"{len(seg['stages_s']['window+network'])} | {seg['stages_warmup_s']['window+network']:.1f} | — | — | "
+        f"{bare / ref:.2f} |",
+        f"| MONAI `sliding_window_inference` + FlexibleUNet-resnet18, early fusion | {ref} | "
+        f"{len(mon['times_s'])} | {mon['warmup_s']:.1f} | {mon['peak_rss_mib']:.0f} | {mon['parameters']:,} | 1.00 |",
+    ]
+    return "\n".join(lines)
+
+
+def verdict(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    seg, mon = rows["segfuse"], rows["monai"]
+    ref = statistics.median(mon["times_s"])
+    full = statistics.median(seg["times_s"]) / ref
+    bare = statistics.median(seg["stages_s"]["window+network"]) / ref
+    return {
+        "ratio_full": round(full, 3),
+        "ratio_window_network": round(bare, 3),
+        "target": TARGET_RATIO,
+        "met": full <= TARGET_RATIO,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="1 run on a 128×128×64 crop (< 10 minutes)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per method after one warm-up")
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="segfuse run config (YAML)")
+    parser.add_argument("--case", type=Path, default=DEFAULT_CASE, help="folder with t1.nii.gz + flair_2x2x4mm.nii.gz")
+    parser.add_argument("--roi", type=int, nargs=3, default=None, help="window (default: the config's roi)")
+    parser.add_argument("--overlap", type=float, default=0.5)
+    parser.add_argument("--sw-batch-size", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    parser.add_argument("--tta", action="store_true", help="also a second table with mirror TTA (3 axes)")
+    parser.add_argument("--tta-repeats", type=int, default=1, help="timed runs per method with TTA")
+    parser.add_argument("--profile", action="store_true", help="torch.profiler top operators of one call each")
+    parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    args = parser.parse_args(argv)
+    if args.worker:
+        worker(json.loads(args.worker))
+        return 0
+    if args.quick:
+        args.repeats = 1
+
+    import torch
+
+    from segfuse.io.checkpoint import save_checkpoint
+    from segfuse.models.factory import build_model
+
+    command = "nice -n 19 " * (os.nice(0) >= 19) + shlex.join([Path(sys.executable).name, *sys.argv])
+    shape = QUICK_SHAPE if args.quick else FULL_SHAPE
+    cfg, config_source = segfuse_config(args.config, args.roi, args.overlap, args.sw_batch_size)
+    roi = cfg.roi_size
+    report: dict[str, Any] = {
+        "benchmark": "benchmarks/inference_speed.py (issue 4 acceptance, issue 5 §3)",
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": command,
+        "machine": machine_info(),
+        "config": config_source,
+        "model": cfg.to_dict()["model"],
+        "primary_shape": list(shape),
+        "aux_shape": [-(-n // s) for n, s in zip(shape, SCALE, strict=True)],
+        "aux_scale": list(SCALE),
+        "roi_size": roi,
+        "overlap": args.overlap,
+        "sw_batch_size": args.sw_batch_size,
+        "blend": "gaussian",
+        "repeats": args.repeats,
+        "nnunet": "skipped: no nnU-Net virtual environment at .venv-nnunet"
+        if not (REPO / ".venv-nnunet").is_dir()
+        else "not wired in this script yet",
+        "results": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="segfuse_speed_") as tmp:
+        work = Path(tmp)
+        t1, flair, report["data"] = write_inputs(args.case, shape, work)
+        torch.manual_seed(0)
+        net = build_model(cfg, in_channels=1)
+        checkpoint = save_checkpoint(
+            {"model": net.state_dict(), "config": cfg.to_dict(), "in_channels": 1}, work / "checkpoint.pt"
+        )
+        base = {
+            "t1": str(t1),
+            "flair": str(flair),
+            "checkpoint": str(checkpoint),
+            "work": str(work),
+            "roi": roi,
+            "overlap": args.overlap,
+            "sw_batch_size": args.sw_batch_size,
+            "threads": args.threads,
+            "profile": args.profile,
+        }
+        runs = [("plain", False, args.repeats)] + ([("tta", True, args.tta_repeats)] if args.tta else [])
+        for label, tta, repeats in runs:
+            rows = report["results"][label] = {}
+            for method in ("monai", "segfuse"):
+                log(f"{label}: {method}, warm-up + {repeats} run(s) on {shape}")
+                rows[method] = run_worker({**base, "method": method, "tta": tta, "repeats": repeats})
+                log(f"{label}: {method} {[round(t, 1) for t in rows[method]['times_s']]} s")
+            report[f"verdict_{label}"] = verdict(rows)
+
+    machine = report["machine"]
+    print(
+        f"\n### Inference speed: {report['primary_shape']} primary + {report['aux_shape']} FLAIR (2×2×4), "
+        f"{report['data']}\n"
+    )
+    print(table(report["results"]["plain"], "Without test-time augmentation"))
+    if args.tta:
+        print()
+        print(table(report["results"]["tta"], "Mirror TTA over 3 axes (8 passes per window), both methods"))
+    v = report["verdict_plain"]
+    print(
+        f"\nTarget segfuse ≤ {TARGET_RATIO:.1f}× MONAI's time: {'MET' if v['met'] else 'MISSED'} "
+        f"(full predict_case {v['ratio_full']:.2f}×; window+network alone {v['ratio_window_network']:.2f}×)"
+    )
+    print(
+        f"\nroi {roi}, overlap {args.overlap}, sw_batch_size {args.sw_batch_size}, gaussian blending; "
+        f"segfuse config: {config_source}; nnU-Net: {report['nnunet']}"
+    )
+    print(
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
+        f"({report['results']['plain']['segfuse']['torch_threads']} threads), MONAI {machine['monai']}, "
+        f"Python {machine['python']}, nice {machine['nice']}; date {report['date']}"
+    )
+    print(f"Command: `{command}`")
+    if args.profile:
+        for method in ("segfuse", "monai"):
+            print(f"\nProfile, {method} (self CPU time, top operators):")
+            for row in report["results"]["plain"][method]["profile"]:
+                print(f"  {row['share_pct']:5.1f} %  {row['self_s']:8.2f} s  {row['calls']:6d}×  {row['op']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
