@@ -58,6 +58,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import textwrap
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -124,6 +125,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         "widen_factor": spec["widen_factor"],
         "stem_kernel": spec["stem_kernel"],
         "decoder_channels": spec["decoder_channels"],
+        "norm": spec.get("norm", "batch"),
     }
     kind, scale = spec["kind"], spec["scale"]
     shape = (size, size, size)
@@ -152,22 +154,27 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
 
     params = sum(p.numel() for p in net.parameters())
     if spec["mode"] == "memory":
-        gc.collect()
-        rss_base = _rss_kib()
-        step()
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
         from torch.utils.flop_counter import FlopCounterMode
 
-        with FlopCounterMode(display=False) as counter:
+        gc.collect()
+        rss_base = _rss_kib()
+        t0, c0 = time.perf_counter(), time.process_time()
+        with FlopCounterMode(display=False) as counter:  # counts shapes only, keeps no tensors
             step()
-        times = []
+        cold = (time.perf_counter() - t0, time.process_time() - c0)
+        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        times, cpu_times = [], []
         for _ in range(spec.get("timed_steps", 0)):  # --quick: time here, no separate timing pass
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             step()
             times.append(time.perf_counter() - t0)
+            cpu_times.append(time.process_time() - c0)
         return {
             "params": params,
+            "cold_s": cold[0],
+            "cold_cpu_s": cold[1],
             "times_s": times,
+            "cpu_times_s": cpu_times,
             "threads": torch.get_num_threads(),
             "peak_mib": (maxrss - rss_base) / 1024,
             "rss_base_mib": rss_base / 1024,
@@ -176,12 +183,90 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
         }
     for _ in range(spec["warmup"]):
         step()
-    times = []
+    times, cpu_times = [], []
     for _ in range(spec["repeats"]):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         step()
         times.append(time.perf_counter() - t0)
-    return {"params": params, "times_s": times, "threads": torch.get_num_threads()}
+        cpu_times.append(time.process_time() - c0)
+    return {"params": params, "times_s": times, "cpu_times_s": cpu_times, "threads": torch.get_num_threads()}
+
+
+def analytic(spec: dict[str, Any]) -> dict[str, Any]:
+    """Noise-free cost on the ``meta`` device (no data, no compute): parameters, FLOPs of
+    forward+backward, and the bytes of the tensors autograd saves for backward (the bulk
+    of the activation memory; the measured RSS peak adds gradients and workspace)."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from segfuse.models.net import AuxInput, FusionUNet
+
+    kind, scale, shape = spec["kind"], spec["scale"], (spec["size"],) * 3
+    net_kwargs = {k: spec[k] for k in ("encoder_depth", "widen_factor", "stem_kernel", "decoder_channels")}
+    with torch.device("meta"):
+        if kind == "segfuse":
+            aux = [AuxInput("aux", channels=1, scale=tuple(scale), mapper=spec["mapper"], fusion="concat")]
+            net = FusionUNet(
+                spatial_dims=3, in_channels=1, num_classes=NUM_CLASSES, aux=aux, norm=spec["norm"], **net_kwargs
+            )
+        else:
+            in_ch = 2 if kind == "early" else 1
+            net = FusionUNet(
+                spatial_dims=3, in_channels=in_ch, num_classes=NUM_CLASSES, norm=spec["norm"], **net_kwargs
+            )
+        x = torch.empty(1, 1, *shape)
+        target = torch.zeros(1, *shape, dtype=torch.long)
+        aux_t = None
+        if scale is not None:
+            aux_t = torch.empty(1, 1, *[math.ceil(n / s) for n, s in zip(shape, scale, strict=True)])
+    net.train()
+    saved: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        saved[storage._cdata] = storage.nbytes()
+        return t
+
+    with FlopCounterMode(display=False) as counter:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            if kind == "primary":
+                logits = net(x)
+            elif kind == "early":
+                up = F.interpolate(aux_t, size=shape, mode="trilinear", align_corners=False)
+                logits = net(torch.cat([x, up], dim=1))
+            else:
+                logits = net(x, aux={"aux": aux_t})
+            loss = F.cross_entropy(logits, target)
+        loss.backward()
+    return {
+        "name": spec["name"],
+        "kind": kind,
+        "params": sum(p.numel() for p in net.parameters()),
+        "gflop": counter.get_total_flops() / 1e9,
+        "saved_mib": sum(saved.values()) / 2**20,
+    }
+
+
+def analytic_table(rows: list[dict[str, Any]]) -> str:
+    base = rows[0]
+    lines = [
+        "| variant | params | Δ params | GFLOP fwd+bwd | Δ FLOP | saved for backward MiB | Δ saved |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r is base:
+            deltas = ("—", "—", "—")
+        else:
+            deltas = tuple(
+                f"{100 * (r[k] / base[k] - 1):+.2f} %" if k == "params" else f"{100 * (r[k] / base[k] - 1):+.1f} %"
+                for k in ("params", "gflop", "saved_mib")
+            )
+        lines.append(
+            f"| {r['name']} | {r['params'] / 1e6:.3f} M | {deltas[0]} | {r['gflop']:.1f} | {deltas[1]} | "
+            f"{r['saved_mib']:.0f} | {deltas[2]} |"
+        )
+    return "\n".join(lines)
 
 
 # -- driver -------------------------------------------------------------------------
@@ -239,6 +324,7 @@ def summarise(
     for v in order:
         mem = memory[v["name"]]
         times = [t for r in timing[v["name"]] for t in r["times_s"]]
+        cpu_times = [t for r in timing[v["name"]] for t in r["cpu_times_s"]]
         rows.append(
             {
                 "name": v["name"],
@@ -251,6 +337,8 @@ def summarise(
                 "time_min_s": min(times),
                 "time_max_s": max(times),
                 "times_s": times,
+                "cpu_median_s": statistics.median(cpu_times),
+                "cpu_times_s": cpu_times,
                 "peak_mib": mem["peak_mib"],
                 "rss_base_mib": mem["rss_base_mib"],
                 "threads": timing[v["name"]][0]["threads"],
@@ -262,6 +350,7 @@ def summarise(
         row["flop_overhead_pct"] = 100 * (row["gflop"] / base["gflop"] - 1)
         row["time_overhead_pct"] = 100 * (row["time_median_s"] / base["time_median_s"] - 1)
         row["time_min_overhead_pct"] = 100 * (row["time_min_s"] / base["time_min_s"] - 1)
+        row["cpu_overhead_pct"] = 100 * (row["cpu_median_s"] / base["cpu_median_s"] - 1)
         row["mem_overhead_pct"] = 100 * (row["peak_mib"] / base["peak_mib"] - 1)
         if row["kind"] == "segfuse":
             row["time_met"] = row["time_overhead_pct"] <= TARGET_OVERHEAD_PCT
@@ -273,17 +362,18 @@ def summarise(
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| variant | params | GFLOP fwd+bwd | Δ FLOP | fwd+bwd s, median [min–max] | Δ time median (min) "
-        "| peak MiB | Δ memory | ≤ 15 % target (time, memory) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| CPU s median | Δ CPU | peak MiB | Δ memory | ≤ 15 % target (time, memory) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in rows:
         if r["kind"] == "primary":
-            delta_f = delta_t = delta_m = "—"
+            delta_f = delta_t = delta_c = delta_m = "—"
             mark = "baseline"
         else:
             delta_f = f"{r['flop_overhead_pct']:+.1f} %"
             delta_t = f"{r['time_overhead_pct']:+.1f} % ({r['time_min_overhead_pct']:+.1f} %)"
             delta_m = f"{r['mem_overhead_pct']:+.1f} %"
+            delta_c = f"{r['cpu_overhead_pct']:+.1f} %"
             if r["kind"] == "early":
                 mark = "reference (no target)"
             elif r["target_met"]:
@@ -294,33 +384,37 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {r['name']} | {r['params'] / 1e6:.3f} M | {r['gflop']:.1f} | {delta_f} | "
             f"{r['time_median_s']:.2f} [{r['time_min_s']:.2f}–{r['time_max_s']:.2f}] | {delta_t} | "
+            f"{r['cpu_median_s']:.2f} | {delta_c} | "
             f"{r['peak_mib']:.0f} | {delta_m} | {mark} |"
         )
     return "\n".join(lines)
 
 
-def plot(report: dict[str, Any], path: Path) -> None:
+def plot(reports: list[dict[str, Any]], path: Path) -> None:
+    """Bar chart of time and memory overheads vs primary-only, one panel per report."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [r for r in report["rows"] if r["kind"] != "primary"]
-    names = [r["name"] for r in rows]
-    ys = range(len(rows))
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.5))
-    ax.barh([y - 0.2 for y in ys], [r["time_overhead_pct"] for r in rows], height=0.4, label="time")
-    ax.barh([y + 0.2 for y in ys], [r["mem_overhead_pct"] for r in rows], height=0.4, label="peak memory")
-    ax.axvline(TARGET_OVERHEAD_PCT, color="k", linestyle="--", linewidth=1, label="15 % target")
-    ax.axvline(0, color="grey", linewidth=0.5)
-    ax.set_yticks(list(ys), names)
-    ax.invert_yaxis()
-    ax.set_xlabel("overhead vs primary-only (%)")
-    ax.set_title(report["title"], fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    n_rows = max(len(r["rows"]) - 1 for r in reports)
+    fig, axes = plt.subplots(1, len(reports), figsize=(7 * len(reports), 0.45 * n_rows + 1.8), squeeze=False)
+    for ax, report in zip(axes[0], reports, strict=True):
+        rows = [r for r in report["rows"] if r["kind"] != "primary"]
+        ys = range(len(rows))
+        ax.barh([y - 0.27 for y in ys], [r["time_overhead_pct"] for r in rows], height=0.27, label="time (median)")
+        ax.barh([y for y in ys], [r["flop_overhead_pct"] for r in rows], height=0.27, label="FLOPs")
+        ax.barh([y + 0.27 for y in ys], [r["mem_overhead_pct"] for r in rows], height=0.27, label="peak memory")
+        ax.axvline(TARGET_OVERHEAD_PCT, color="k", linestyle="--", linewidth=1, label="15 % target")
+        ax.axvline(0, color="grey", linewidth=0.5)
+        ax.set_yticks(list(ys), [r["name"] for r in rows])
+        ax.invert_yaxis()
+        ax.set_xlabel("overhead vs primary-only (%)")
+        ax.set_title(textwrap.fill(report["title"], 70), fontsize=8)
+        ax.legend(loc="best", fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -334,6 +428,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--encoder-depth", type=int, default=5)
     p.add_argument("--stem-kernel", type=int, default=7)
     p.add_argument("--decoder-channels", type=int, nargs="+", default=None, help="deepest first (default: net's)")
+    p.add_argument("--norm", choices=("batch", "instance"), default="batch", help="encoder/decoder norm")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default 0: torch's default)")
     p.add_argument("--only", nargs="+", default=None, help="variant names to run (primary-only is always run)")
     p.add_argument(
@@ -341,8 +436,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="smoke run: size 2·2^depth (64), 1 timed step inside the memory subprocess (no separate timing pass)",
     )
+    p.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="no timing pass: time is the single cold step of the memory subprocess (for an overloaded machine)",
+    )
+    p.add_argument(
+        "--analytic",
+        action="store_true",
+        help="no measurement: parameters, FLOPs and saved-for-backward bytes on the meta device (seconds)",
+    )
     p.add_argument("--json", type=Path, default=None, help="write all numbers to this JSON file")
     p.add_argument("--plot", type=Path, default=None, help="write a bar chart of the overheads (PNG)")
+    p.add_argument(
+        "--plot-from", type=Path, nargs="+", default=None, help="only plot these --json reports to --plot, no run"
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds per variant subprocess")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -360,6 +468,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker is not None:
         print(json.dumps(run_worker(json.loads(args.worker))))
         return 0
+    if args.plot_from:
+        if not args.plot:
+            raise SystemExit("--plot-from needs --plot PNG")
+        plot([json.loads(p.read_text()) for p in args.plot_from], args.plot)
+        return 0
 
     command = shlex.join([Path(sys.executable).name, *sys.argv]) if argv is None else shlex.join(argv)
     order = variants()
@@ -374,7 +487,16 @@ def main(argv: list[str] | None = None) -> int:
         "widen_factor": args.widen_factor,
         "stem_kernel": args.stem_kernel,
         "decoder_channels": args.decoder_channels,
+        "norm": args.norm,
     }
+    if args.analytic:
+        rows = [analytic({**base_spec, **v}) for v in order]
+        print(f"## FusionUNet 3D {args.size}³, analytic (meta device), {shlex.join(sys.argv[1:])}\n")
+        print(analytic_table(rows))
+        print(f"\nCommand: `{command}`")
+        if args.json:
+            args.json.write_text(json.dumps({"command": command, "rows": rows}, indent=2))
+        return 0
     info = machine_info()
     started = datetime.now(timezone.utc)
     memory: dict[str, dict[str, Any]] = {}
@@ -385,13 +507,16 @@ def main(argv: list[str] | None = None) -> int:
         memory[v["name"]] = res = run_variant(spec, args.timeout)
         if args.quick:
             timing[v["name"]].append(res)
+        elif args.memory_only:  # the single (cold) memory step is the only timing
+            timing[v["name"]].append({**res, "times_s": [res["cold_s"]], "cpu_times_s": [res["cold_cpu_s"]]})
         print(
-            f"[memory] {v['name']}: peak +{res['peak_mib']:.0f} MiB, {res['flops'] / 1e9:.1f} GFLOP "
+            f"[memory] {v['name']}: peak +{res['peak_mib']:.0f} MiB, {res['flops'] / 1e9:.1f} GFLOP, "
+            f"cold step {res['cold_s']:.1f} s wall / {res['cold_cpu_s']:.1f} s CPU "
             f"({time.perf_counter() - t0:.0f} s wall)",
             file=sys.stderr,
             flush=True,
         )
-    for rnd in range(0 if args.quick else args.rounds):
+    for rnd in range(0 if args.quick or args.memory_only else args.rounds):
         for v in order:
             t0 = time.perf_counter()
             res = run_variant({**base_spec, **v, "mode": "time"}, args.timeout)
@@ -407,7 +532,7 @@ def main(argv: list[str] | None = None) -> int:
     info["threads"] = rows[0]["threads"]
     net_desc = (
         f"encoder_depth={args.encoder_depth}, widen_factor={args.widen_factor}, stem_kernel={args.stem_kernel}, "
-        f"decoder_channels={tuple(memory['primary-only']['config']['decoder_channels'])}"
+        f"decoder_channels={tuple(memory['primary-only']['config']['decoder_channels'])}, norm={args.norm}"
     )
     report = {
         "title": f"FusionUNet 3D {args.size}³, {net_desc}",
@@ -425,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\nfwd+bwd: batch 1, 1 channel, {NUM_CLASSES} classes, training mode, cross-entropy, no optimiser step. "
         f"Time: median [min–max] of {args.rounds} round(s) × {args.repeats} step(s), each round a fresh subprocess "
         f"per variant after {args.warmup} warm-up step(s); Δ time in brackets uses the minima. "
+        "CPU s: process CPU time per step (all threads; less sensitive to other processes than the clock). "
         f"GFLOP: torch.utils.flop_counter over one step. Memory: {MEMORY_METHOD}."
     )
     la0, la1 = info["load_average_start"], info["load_average_end"]
@@ -439,7 +565,7 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2, default=list))
     if args.plot:
-        plot(report, args.plot)
+        plot([report], args.plot)
     return 0
 
 
