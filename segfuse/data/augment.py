@@ -94,8 +94,42 @@ def apply_spatial(
     return np.ascontiguousarray(out, dtype=array.dtype)
 
 
+def augment_intensity_2d(array: np.ndarray, rng: np.random.Generator, cfg) -> np.ndarray:
+    """albumentations' brightness/contrast and Gaussian noise on a 2D input ``(C, H, W)``.
+
+    Seeded from ``rng`` on every call, so a resumed run replays the same draws.
+    Intensity-only on purpose: albumentations' spatial transforms cannot keep an
+    auxiliary on a coarser grid aligned, so the spatial part stays in
+    :func:`apply_spatial`.
+    """
+    import albumentations as A
+
+    pipeline = A.Compose(
+        [
+            A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, brightness_by_max=False,
+                                       p=cfg.intensity_prob),
+            A.GaussNoise(std_range=(0.0, cfg.noise_std), p=cfg.intensity_prob),
+        ],
+        seed=int(rng.integers(2**31)),
+    )
+    image = np.ascontiguousarray(np.moveaxis(array, 0, -1), dtype=np.float32)
+    return np.ascontiguousarray(np.moveaxis(pipeline(image=image)["image"], -1, 0), dtype=np.float32)
+
+
 def augment_intensity(array: np.ndarray, rng: np.random.Generator, cfg) -> np.ndarray:
-    """Noise, brightness and gamma on one normalised input ``(C, *spatial)``, each with ``cfg.intensity_prob``."""
+    """Noise, brightness and gamma on one normalised input ``(C, *spatial)``, each with ``cfg.intensity_prob``.
+
+    2D inputs go through albumentations (:func:`augment_intensity_2d`) for noise and
+    brightness/contrast; gamma is applied here for both.
+    """
+    if array.ndim == 3:
+        out = augment_intensity_2d(array, rng, cfg)
+        if rng.random() < cfg.intensity_prob:
+            gamma = rng.uniform(*cfg.gamma_range)
+            lo, hi = float(out.min()), float(out.max())
+            if hi > lo:
+                out = ((out - lo) / (hi - lo)) ** gamma * (hi - lo) + lo
+        return out.astype(np.float32, copy=False)
     out = array
     if rng.random() < cfg.intensity_prob:
         sigma = rng.uniform(0, cfg.noise_std)
