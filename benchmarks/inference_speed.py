@@ -163,16 +163,21 @@ def write_inputs(case_dir: Path, shape: tuple[int, ...], work: Path) -> tuple[Pa
 # -- workers (one per subprocess) ---------------------------------------------------------
 
 
-def _timed(fn, repeats: int) -> tuple[float, list[float]]:
+def _timed(fn, repeats: int) -> tuple[float, list[float], list[float]]:
+    """Warm-up wall time, then wall and CPU (user + system, all threads) seconds of each timed call.
+
+    CPU seconds barely change when other jobs share the machine; wall seconds do.
+    """
     start = time.perf_counter()
     fn()
     warm = time.perf_counter() - start
-    times = []
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         times.append(time.perf_counter() - start)
-    return warm, times
+        cpu.append(time.process_time() - start_cpu)
+    return warm, times, cpu
 
 
 def _profile(fn, rows: int = 15) -> list[dict[str, Any]]:
@@ -217,10 +222,11 @@ def worker_segfuse(spec: dict[str, Any]) -> dict[str, Any]:
     case = case_from_paths(spec["t1"], {AUX_NAME: spec["flair"]}, case_id="bench")
     out = Path(spec["work"]) / f"seg_{os.getpid()}.nii.gz"
     mirror = [0, 1, 2] if spec["tta"] else False
-    warm, times = _timed(lambda: predict_case(spec["checkpoint"], case, out, mirror=mirror), spec["repeats"])
+    warm, times, cpu = _timed(lambda: predict_case(spec["checkpoint"], case, out, mirror=mirror), spec["repeats"])
     result = {
         "warmup_s": warm,
         "times_s": times,
+        "cpu_s": cpu,
         "stages_s": {k: v[1:] for k, v in stages.items()},  # the warm-up call dropped
         "stages_warmup_s": {k: v[0] for k, v in stages.items()},
     }
@@ -279,8 +285,8 @@ def worker_monai(spec: dict[str, Any]) -> dict[str, Any]:
                 cval=0.0,
             )
 
-    warm, times = _timed(run, spec["repeats"])
-    result = {"warmup_s": warm, "times_s": times, "parameters": sum(p.numel() for p in net.parameters())}
+    warm, times, cpu = _timed(run, spec["repeats"])
+    result = {"warmup_s": warm, "times_s": times, "cpu_s": cpu, "parameters": sum(p.numel() for p in net.parameters())}
     if spec["profile"]:
         result["profile"] = _profile(run)
     return result
@@ -348,16 +354,19 @@ def table(rows: dict[str, dict[str, Any]], title: str) -> str:
     lines = [
         f"#### {title}",
         "",
-        "| method | s / volume (median) | runs | warm-up s | peak RSS MiB | parameters | ratio segfuse / MONAI |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| method | s / volume (median) | CPU s (median) | runs | warm-up s | peak RSS MiB | parameters "
+        "| ratio segfuse / MONAI |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
         f"| segfuse `predict_case` (checkpoint → read → preprocess → windows → write) | {full} | "
-        f"{len(seg['times_s'])} | {seg['warmup_s']:.1f} | {seg['peak_rss_mib']:.0f} | {seg['parameters']:,} | "
+        f"{_median(seg['cpu_s'])} | {len(seg['times_s'])} | {seg['warmup_s']:.1f} | "
+        f"{seg['peak_rss_mib']:.0f} | {seg['parameters']:,} | "
         f"{full / ref:.2f} |",
-        f"| segfuse window+network only (`predict_prepared`, same runs) | {bare} | "
+        f"| segfuse window+network only (`predict_prepared`, same runs) | {bare} | — | "
         f"{len(seg['stages_s']['window+network'])} | {seg['stages_warmup_s']['window+network']:.1f} | — | — | "
         f"{bare / ref:.2f} |",
         f"| MONAI `sliding_window_inference` + FlexibleUNet-resnet18, early fusion | {ref} | "
-        f"{len(mon['times_s'])} | {mon['warmup_s']:.1f} | {mon['peak_rss_mib']:.0f} | {mon['parameters']:,} | 1.00 |",
+        f"{_median(mon['cpu_s'])} | {len(mon['times_s'])} | {mon['warmup_s']:.1f} | "
+        f"{mon['peak_rss_mib']:.0f} | {mon['parameters']:,} | 1.00 |",
     ]
     return "\n".join(lines)
 
