@@ -334,6 +334,11 @@ def plot_curve(curve: list[dict[str, float]], out_png: Path, title: str) -> None
     fig.savefig(out_png, dpi=110)
 
 
+def fmt(value: float | None, digits: int) -> str:
+    """A number for the table; ``n/a`` where the metric is undefined (e.g. HD95 with an empty prediction)."""
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
 def markdown(out: Path) -> str:
     """A table of every peer's results.json found under ``out``."""
     lines = [
@@ -343,13 +348,12 @@ def markdown(out: Path) -> str:
     ]
     for path in sorted(out.glob("*/results.json")):
         r = json.loads(path.read_text())
-        c = r["classes"]
-        ant, post = c.get("Anterior", {}), c.get("Posterior", {})
+        ant, post = r["classes"].get("Anterior", {}), r["classes"].get("Posterior", {})
         lines.append(
-            f"| {r['peer']} | {r['budget_minutes']:g} | {r['iterations']} | {r['seconds_per_iteration']:.2f} "
-            f"| {ant.get('dice', float('nan')):.3f} | {post.get('dice', float('nan')):.3f} | {r['mean_dice']:.3f} "
-            f"| {ant.get('hd95_mm', float('nan')):.2f} | {post.get('hd95_mm', float('nan')):.2f} "
-            f"| {r['inference_seconds_per_case']:.2f} |"
+            f"| {r['peer']} | {r['budget_minutes']:g} | {r['iterations']} | {fmt(r['seconds_per_iteration'], 2)} "
+            f"| {fmt(ant.get('dice'), 3)} | {fmt(post.get('dice'), 3)} | {fmt(r['mean_dice'], 3)} "
+            f"| {fmt(ant.get('hd95_mm'), 2)} | {fmt(post.get('hd95_mm'), 2)} "
+            f"| {fmt(r['inference_seconds_per_case'], 2)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -365,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--table-only", action="store_true", help="only rebuild <out>/results.md from results.json")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         print(f"benchmark needs the hippocampus data at {args.data}", file=sys.stderr)
@@ -376,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         args.val_every_minutes = 0.0 if args.quick else 5.0
     out = args.out or REPO / "runs" / f"bench_peers_hippocampus{'_quick' if args.quick else ''}"
     out.mkdir(parents=True, exist_ok=True)
-    for peer in PEERS if args.peer == "all" else (args.peer,):
+    for peer in () if args.table_only else PEERS if args.peer == "all" else (args.peer,):
         results = run_peer(peer, args, minutes, out)
         print(json.dumps({k: results[k] for k in ("peer", "iterations", "seconds_per_iteration", "mean_dice",
                                                     "classes", "inference_seconds_per_case")}, indent=2), flush=True)

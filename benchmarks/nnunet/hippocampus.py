@@ -102,6 +102,11 @@ def evaluate_runs(work: Path, budget_minutes: float, predict_seconds: dict[str, 
     return results
 
 
+def fmt(value: float | None, digits: int) -> str:
+    """A number for the table; ``n/a`` where the metric is undefined (e.g. HD95 with an empty prediction)."""
+    return "n/a" if value is None or value != value else f"{value:.{digits}f}"
+
+
 def markdown(r: dict[str, Any]) -> str:
     t = r["training"]
     lines = [
@@ -113,8 +118,9 @@ def markdown(r: dict[str, Any]) -> str:
         a, p = v["classes"]["Anterior"], v["classes"]["Posterior"]
         lines.append(
             f"| nnU-Net v2 3d_fullres ({name}) | {r['budget_minutes']:g} | {t['iterations']} "
-            f"| {t['seconds_per_iteration']:.2f} | {a['dice']:.3f} | {p['dice']:.3f} | {v['mean_dice']:.3f} "
-            f"| {a['hd95_mm']:.2f} | {p['hd95_mm']:.2f} | {v['inference_seconds_per_case']:.2f} |"
+            f"| {fmt(t['seconds_per_iteration'], 2)} | {fmt(a['dice'], 3)} | {fmt(p['dice'], 3)} "
+            f"| {fmt(v['mean_dice'], 3)} | {fmt(a['hd95_mm'], 2)} | {fmt(p['hd95_mm'], 2)} "
+            f"| {fmt(v['inference_seconds_per_case'], 2)} |"
         )
     return "\n".join(lines) + "\n"
 
