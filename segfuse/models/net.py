@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segfuse.models.decoder import UNetDecoder
-from segfuse.models.encoders import ResNet18Encoder
+from segfuse.models.encoders import ResNet18Encoder, build_encoder
 from segfuse.models.fusion import FUSION_MODES, AuxAtLevel, LevelFusion
 from segfuse.models.mappers import MAPPER_KINDS, build_mapper
 from segfuse.models.resize import change_stride
@@ -171,16 +171,15 @@ class FusionUNet(nn.Module):
             decoder_channels=tuple(int(c) for c in decoder_channels),
             deep_supervision=deep_supervision,
         )
-        self.encoder = ResNet18Encoder(
+        self.encoder: ResNet18Encoder = build_encoder(
             spatial_dims=spatial_dims,
             in_channels=in_channels,
             depth=encoder_depth,
             widen_factor=widen_factor,
             stem_kernel=stem_kernel,
             norm=norm,
+            weights=encoder_weights,
         )
-        if encoder_weights is not None:
-            self.encoder.load_pretrained(encoder_weights)
         strides = self.encoder.strides
         self.aux_levels: dict[str, list[int]] = {a.name: self._entry_levels(a, strides) for a in aux_inputs}
         self.mappers = nn.ModuleDict(
