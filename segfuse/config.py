@@ -117,7 +117,12 @@ class AugmentConfig:
 
 @dataclass
 class TrainingConfig:
-    """Optimisation, sampling and validation."""
+    """Optimisation, sampling and validation.
+
+    ``checkpoint_last.pt`` is written at the end of every epoch
+    (``iterations_per_epoch``), on an interruption and at the end;
+    ``checkpoint_best.pt`` whenever validation improves.
+    """
 
     patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
     batch_size: int = 2
@@ -137,7 +142,6 @@ class TrainingConfig:
     device: str = "auto"
     num_threads: int | None = None
     val_every: int = 1
-    checkpoint_every: int = 1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

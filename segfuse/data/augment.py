@@ -124,18 +124,13 @@ def augment_intensity(array: np.ndarray, rng: np.random.Generator, cfg) -> np.nd
     """
     if array.ndim == 3:
         out = augment_intensity_2d(array, rng, cfg)
+    else:
+        out = array
         if rng.random() < cfg.intensity_prob:
-            gamma = rng.uniform(*cfg.gamma_range)
-            lo, hi = float(out.min()), float(out.max())
-            if hi > lo:
-                out = ((out - lo) / (hi - lo)) ** gamma * (hi - lo) + lo
-        return out.astype(np.float32, copy=False)
-    out = array
-    if rng.random() < cfg.intensity_prob:
-        sigma = rng.uniform(0, cfg.noise_std)
-        out = out + rng.normal(0.0, sigma, size=out.shape).astype(np.float32)
-    if rng.random() < cfg.intensity_prob:
-        out = out * np.float32(rng.uniform(0.75, 1.25))
+            sigma = rng.uniform(0, cfg.noise_std)
+            out = out + rng.normal(0.0, sigma, size=out.shape).astype(np.float32)
+        if rng.random() < cfg.intensity_prob:
+            out = out * np.float32(rng.uniform(0.75, 1.25))
     if rng.random() < cfg.intensity_prob:
         gamma = rng.uniform(*cfg.gamma_range)
         lo, hi = float(out.min()), float(out.max())
