@@ -440,7 +440,8 @@ def train(
         checkpoint("checkpoint_best.pt", gather=False)
     if logger:
         logger.close()
-    interrupted = iteration < total
+    # reaching the time budget is a normal end; anything else short of `total` is an interruption
+    interrupted = iteration < total and not (budget is not None and train_seconds > budget)
     if interrupted and is_main:
         log.warning("training stopped at iteration %d of %d; continue with: segfuse train --resume %s",
                     iteration, total, run_path)
