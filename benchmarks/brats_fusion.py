@@ -103,7 +103,7 @@ def run_one(job: dict) -> dict:
     from segfuse.config import load_config
     from segfuse.data.layouts import Dataset, read_dataset
     from segfuse.evaluation.ablate import ablate
-    from segfuse.evaluation.evaluate import evaluate
+    from segfuse.evaluation.evaluate import evaluate, reference_folder
     from segfuse.inference.predict import predict
     from segfuse.training.loop import train
 
@@ -122,12 +122,7 @@ def run_one(job: dict) -> dict:
     train_wall = time.monotonic() - started
     dataset = read_dataset(cfg.data.dataset, aux=list(cfg.data.aux))
     val = [c for c in dataset.cases if c.case_id in set(job["val_cases"])]
-    refs = out / "references"
-    refs.mkdir(parents=True, exist_ok=True)
-    for case in val:
-        target = refs / f"{case.case_id}.nii.gz"
-        if not target.exists():
-            target.write_bytes(Path(case.label).read_bytes())
+    refs = reference_folder(val, out / "references")
     ckpt = run_dir / "checkpoint_last.pt"
     labels = {1: "whole_tumour"}
     scores: dict[str, list[dict]] = {}

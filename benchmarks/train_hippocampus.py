@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from segfuse.config import load_config
     from segfuse.data.layouts import read_dataset, split_cases
-    from segfuse.evaluation.evaluate import evaluate
+    from segfuse.evaluation.evaluate import evaluate, reference_folder
     from segfuse.inference.predict import predict
     from segfuse.training.loop import train
 
@@ -114,12 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     batch = predict(run_dir / "checkpoint_last.pt", val_cases, pred_dir, device="cpu", progress=True)
     predict_s = (time.monotonic() - t0) / max(1, len(val_cases))
-    refs = out / "references"
-    refs.mkdir(parents=True, exist_ok=True)
-    for case in val_cases:
-        target = refs / f"{case.case_id}.nii.gz"
-        if not target.exists():
-            target.write_bytes(Path(case.label).read_bytes())
+    refs = reference_folder(val_cases, out / "references")
     labels = {k: v for k, v in dataset.labels.items() if k}
     evaluation = evaluate(pred_dir, refs, out / "evaluation", labels=labels, progress=False)
     print(evaluation.table())

@@ -53,7 +53,7 @@ def run_demo(out_dir: str | Path = "demo_output", *, device: str = "auto", overr
              progress: bool = True) -> DemoResult:
     """Train → predict → evaluate on the bundled sample; returns the measured Dice."""
     from segfuse.data.layouts import read_dataset
-    from segfuse.evaluation.evaluate import evaluate
+    from segfuse.evaluation.evaluate import evaluate, reference_folder
     from segfuse.inference.predict import predict
     from segfuse.training.loop import train
 
@@ -72,12 +72,7 @@ def run_demo(out_dir: str | Path = "demo_output", *, device: str = "auto", overr
                     device=cfg.training.device if cfg.training.device != "auto" else "cpu", progress=progress)
     if not batch.ok:
         raise RuntimeError(f"demo prediction failed: {batch.summary()}")
-    references = out / "references"
-    references.mkdir(parents=True, exist_ok=True)
-    for case in held_back:
-        target = references / f"{case.case_id}.nii.gz"
-        if not target.exists():
-            shutil.copyfile(case.label, target)
+    references = reference_folder(held_back, out / "references")
     labels = {k: v for k, v in dataset.labels.items() if k != 0}
     evaluation = evaluate(predictions, references, out / "evaluation", labels=labels, progress=False)
     print(evaluation.table())

@@ -459,3 +459,17 @@ def evaluate(
     )
     _write_boxplot(out_dir / "dice_boxplot.png", rows, label_map)
     return EvaluationResult(rows=rows, summary=summary, out_dir=out_dir, warnings=list(notes))
+
+
+def reference_folder(cases, folder: Path) -> Path:
+    """Copy each case's label file to ``folder/<case_id>.nii.gz`` (the layout ``evaluate`` matches on).
+
+    ``cases``: :class:`segfuse.data.layouts.Case` objects with NIfTI labels. Existing files are kept.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for case in cases:
+        target = folder / f"{case.case_id}.nii.gz"
+        if not target.exists():
+            target.write_bytes(Path(case.label).read_bytes())
+    return folder
