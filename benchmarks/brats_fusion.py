@@ -113,7 +113,7 @@ def run_one(job: dict) -> dict:
         *variant_overrides(job["variant"], out),
         "training.schedule=time", f"training.max_minutes={job['minutes']}", "training.iterations=1000000",
         "training.iterations_per_epoch=1000000", f"experiment.output_dir={out / 'runs'}",
-        f"experiment.name={run_dir.name}", "training.num_threads=2",
+        f"experiment.name={run_dir.name}", "training.num_threads=2", "training.val_every=0",
     ]
     cfg = load_config(BASE_CONFIG, overrides)
     cfg.data.val_cases = list(job["val_cases"])

@@ -121,7 +121,10 @@ class TrainingConfig:
 
     ``checkpoint_last.pt`` is written at the end of every epoch
     (``iterations_per_epoch``), on an interruption and at the end;
-    ``checkpoint_best.pt`` whenever validation improves.
+    ``checkpoint_best.pt`` whenever validation improves. ``val_every: 0`` keeps
+    the validation cases out of training but never validates them during
+    training (benchmarks that score the last weights themselves); then, as
+    without validation cases, ``checkpoint_best.pt`` is the last weights.
     """
 
     patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
@@ -296,6 +299,8 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.training.schedule == "time" and not cfg.training.max_minutes:
         raise SegfuseInputError("config key training.schedule: 'time' needs training.max_minutes (the budget)")
+    if cfg.training.val_every < 0:
+        raise SegfuseInputError(f"config key training.val_every: must be >= 0 (0: never), got {cfg.training.val_every}")
     if not 0.0 <= cfg.inference.overlap < 1.0:
         raise SegfuseInputError(f"config key inference.overlap: must be in [0, 1), got {cfg.inference.overlap}")
     if cfg.model.context_slices and dims == 3:

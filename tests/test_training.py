@@ -96,6 +96,21 @@ def test_training_writes_a_complete_run_folder(manifest, tmp_path):
         train(cfg, progress=False)
 
 
+def test_val_every_zero_holds_cases_out_but_never_validates(manifest, tmp_path, monkeypatch):
+    called = []
+    monkeypatch.setattr(loop, "validate", lambda *a, **k: called.append(1) or {"val_mean_dice": 0.0})
+    cfg = config_from_dict(tiny_config(manifest, tmp_path, val_every=0))
+    result = train(cfg, progress=False)
+    assert called == []
+    assert all("val_mean_dice" not in row for row in result.history)
+    # the held-out cases are still excluded from training, and best == last weights
+    best = load_checkpoint(result.run_dir / "checkpoint_best.pt")["model"]
+    last = load_checkpoint(result.run_dir / "checkpoint_last.pt")["model"]
+    assert all(torch.equal(best[k], last[k]) for k in last)
+    with pytest.raises(Exception, match="val_every"):
+        config_from_dict(tiny_config(manifest, tmp_path, val_every=-1))
+
+
 def test_resume_is_bit_identical_to_an_uninterrupted_run(manifest, tmp_path):
     full = train(config_from_dict(tiny_config(manifest, tmp_path / "a")), progress=False)
     part = train(config_from_dict(tiny_config(manifest, tmp_path / "b")), progress=False, interrupt_at=3)

@@ -134,6 +134,8 @@ def load_cases(cfg: Config, progress: bool, rank: int = 0) -> tuple[list[Prepare
         val_cases = [c for c in cases if c.case_id in chosen]
     else:
         train_cases, val_cases = split_cases(cases, cfg.data.val_fraction, cfg.data.split_seed)
+    if cfg.training.val_every == 0:
+        val_cases = []  # held out of training, never validated: no need to prepare them
     spec = preprocessing_from_config(cfg)
     scales = spec.aux_scales
     prepared = []
@@ -419,7 +421,8 @@ def train(
                     "elapsed_s": round(time.monotonic() - started, 2),
                 }
                 running = [0.0, 0]
-                is_val = val_cases and (epoch % cfg.training.val_every == 0 or iteration == total or out_of_time)
+                every = cfg.training.val_every
+                is_val = bool(val_cases) and every > 0 and (epoch % every == 0 or iteration == total or out_of_time)
                 if is_main and is_val:
                     row.update(validate(model, cfg, val_cases, device))
                     if row["val_mean_dice"] > best:
@@ -435,8 +438,8 @@ def train(
             if stop:
                 break
     bar.close()
-    if not val_cases and is_main:
-        # no validation set: the last weights are the best we know
+    if (not val_cases or cfg.training.val_every == 0) and is_main:
+        # no validation (no cases, or val_every 0): the last weights are the best we know
         checkpoint("checkpoint_best.pt", gather=False)
     if logger:
         logger.close()
