@@ -134,7 +134,7 @@ def run_one(job: dict) -> dict:
     train_wall = time.monotonic() - started
     dataset = read_dataset(cfg.data.dataset, aux=list(cfg.data.aux))
     val = [c for c in dataset.cases if c.case_id in set(job["val_cases"])]
-    refs = reference_folder(val, out / "references")
+    refs = reference_folder(val, out / "references" / f"fold{job['fold']}")
     ckpt = run_dir / "checkpoint_last.pt"
     labels = {1: "whole_tumour"}
     scores: dict[str, list[dict]] = {}
