@@ -20,7 +20,24 @@ that peak RSS (``ru_maxrss``) belongs to one method:
   trilinearly to the T1 grid (early fusion; the upsampling is timed). Inputs are
   in memory: MONAI's time has no reading, preprocessing or writing.
 
-Both use the same window (``--roi``, default the segfuse config's roi), overlap
+- ``nnU-Net v2's predictor`` (issue 5 §3), mirroring off and on, each in its own
+  subprocess of nnU-Net's own interpreter (``--nnunet-python``, default
+  ``/tmp/segfuse-nnunet-venv/bin/python``, made by
+  ``bash benchmarks/nnunet_hippocampus.sh --setup-only``; skipped, and the report
+  says so, when it is absent) running ``benchmarks/nnunet/predict_speed.py``:
+  nnU-Net's fingerprint extraction and experiment planner (``--nnunet-planner``)
+  plan a one-case dataset of the T1 and the FLAIR upsampled trilinearly to the T1
+  grid (the input MONAI gets), the planned 3d_fullres network is saved untrained
+  in nnU-Net's model-folder layout, and ``nnUNetPredictor`` (tile step 0.5,
+  Gaussian, CPU) times ``initialize_from_trained_model_folder`` +
+  ``predict_from_files``: read, crop to the non-zero box, z-score, windows of its
+  own planned patch (not ``--roi``), resample/export. ``--nnunet-processes``
+  (default 1) preprocessing and export processes; the same ``--threads``. nnU-Net's
+  folders live in the run's temporary directory. With ``--quick`` the mirroring-on
+  call is one timed call without a warm-up; ``--nnunet-mirroring-repeats`` sets
+  its count otherwise (default ``--repeats``).
+
+segfuse and MONAI use the same window (``--roi``, default the segfuse config's roi), overlap
 (``--overlap``, default 0.5), ``sw_batch_size``, Gaussian blending
 (``sigma_scale=0.125``) and softmax inside the predictor. The segfuse network is
 the one ``configs/brats_t1_flair_lowres.yaml`` describes (``--config``; a
@@ -28,7 +45,7 @@ built-in equivalent when the file is absent), saved untrained with
 :func:`segfuse.io.checkpoint.save_checkpoint`: weights do not change the time.
 With ``--tta`` a second table repeats both with mirror test-time augmentation
 over the three axes (8 passes per window; for MONAI the predictor averages the
-same 8 flips).
+same 8 flips), and shows nnU-Net's mirroring-on row (the same measurement) beside them.
 
 Each subprocess runs one warm-up call (reported apart), then ``--repeats`` timed
 calls; the table shows the median. ``--profile`` adds a ``torch.profiler``
@@ -63,10 +80,14 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "brats_t1_flair_lowres.yaml"
 DEFAULT_CASE = REPO.parent / "shared" / "data" / "brats18_t1_flair" / "Brats18_CBICA_AAB_1"
 AUX_NAME = "flair_2x2x4mm"
+LABEL_NAME = "whole_tumour.nii.gz"
 SCALE = (2, 2, 4)
 FULL_SHAPE = (240, 240, 155)
 QUICK_SHAPE = (128, 128, 64)  # a centred crop; starts are multiples of SCALE
 TARGET_RATIO = 1.0
+NNUNET_WORKER = REPO / "benchmarks" / "nnunet" / "predict_speed.py"
+DEFAULT_NNUNET_PYTHON = "/tmp/segfuse-nnunet-venv/bin/python"
+NNUNET_SETUP = "bash benchmarks/nnunet_hippocampus.sh --setup-only"
 
 # The brats-like network when the YAML is absent (same fields as the YAML's).
 BUILTIN_CONFIG: dict[str, Any] = {
@@ -131,33 +152,48 @@ def segfuse_config(path: Path | None, roi: list[int] | None, overlap: float, sw_
     return cfg, "built-in (brats-like: widen 0.5, stem 3, depth 5, decoder [128, 64, 32, 16, 16])"
 
 
-def write_inputs(case_dir: Path, shape: tuple[int, ...], work: Path) -> tuple[Path, Path, str]:
-    """T1 and 2×2×4 FLAIR NIfTI files of ``shape`` in ``work``; real data when present."""
+def write_inputs(case_dir: Path, shape: tuple[int, ...], work: Path) -> tuple[Path, Path, Path | None, str]:
+    """T1, 2×2×4 FLAIR and (when the case has one) whole-tumour label NIfTI files of ``shape`` in ``work``.
+
+    Real data when present. Only nnU-Net's planning reads the label (fingerprint statistics).
+    """
     import nibabel as nib
     import numpy as np
 
     aux_shape = tuple(-(-n // s) for n, s in zip(shape, SCALE, strict=True))
     t1_path, flair_path = work / "t1.nii.gz", work / f"{AUX_NAME}.nii.gz"
     real_t1, real_flair = case_dir / "t1.nii.gz", case_dir / f"{AUX_NAME}.nii.gz"
+    real_label = case_dir / LABEL_NAME
     if real_t1.is_file() and real_flair.is_file():
         t1, flair = nib.load(real_t1), nib.load(real_flair)
+        label = nib.load(real_label) if real_label.is_file() else None
         full = tuple(t1.shape)
         if shape != full:
             # Centred crop whose start is a multiple of the scale keeps the grids edge-aligned.
             start = [((n - m) // 2) // s * s for n, m, s in zip(full, shape, SCALE, strict=True)]
-            t1 = t1.slicer[tuple(slice(a, a + m) for a, m in zip(start, shape, strict=True))]
+            crop = tuple(slice(a, a + m) for a, m in zip(start, shape, strict=True))
+            t1 = t1.slicer[crop]
+            label = label.slicer[crop] if label is not None else None
             flair = flair.slicer[
                 tuple(slice(a // s, a // s + m) for a, s, m in zip(start, SCALE, aux_shape, strict=True))
             ]
         nib.save(nib.Nifti1Image(np.asarray(t1.dataobj, dtype=np.float32), t1.affine, t1.header), t1_path)
         nib.save(nib.Nifti1Image(np.asarray(flair.dataobj, dtype=np.float32), flair.affine, flair.header), flair_path)
+        label_path = None
+        if label is not None:
+            label_path = work / "label.nii.gz"
+            header = label.header.copy()
+            header.set_data_dtype(np.uint8)
+            nib.save(
+                nib.Nifti1Image((np.asarray(label.dataobj) > 0).astype(np.uint8), label.affine, header), label_path
+            )
         source = f"real BraTS case {case_dir.name}" + ("" if shape == full else f", centred crop {shape}")
-        return t1_path, flair_path, source
+        return t1_path, flair_path, label_path, source
     rng = np.random.default_rng(0)
     affine = np.diag([1.0, 1.0, 1.0, 1.0])
     nib.save(nib.Nifti1Image(rng.normal(size=shape).astype(np.float32), affine), t1_path)
     nib.save(nib.Nifti1Image(rng.normal(size=aux_shape).astype(np.float32), np.diag([*SCALE, 1.0])), flair_path)
-    return t1_path, flair_path, f"random normal data (no BraTS case at {case_dir})"
+    return t1_path, flair_path, None, f"random normal data (no BraTS case at {case_dir})"
 
 
 # -- workers (one per subprocess) ---------------------------------------------------------
@@ -320,6 +356,77 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def run_nnunet_worker(python: str, verb: str, args: list[str], work: Path, out: Path) -> dict[str, Any]:
+    """``benchmarks/nnunet/predict_speed.py VERB`` in nnU-Net's own interpreter; its JSON from ``out``."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # nothing of segfuse on nnU-Net's path
+    load = os.getloadavg()[0]
+    proc = subprocess.run(
+        [python, str(NNUNET_WORKER), verb, "--work", str(work), "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    if proc.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"nnU-Net {verb} {' '.join(args)} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    result = json.loads(out.read_text())
+    result["load_average_1min"] = [load, os.getloadavg()[0]]
+    return result
+
+
+def nnunet_xyz(plan: dict[str, Any], sizes: list[int]) -> list[int]:
+    """Sizes in nnU-Net's axis order (a patch, a preprocessed shape) on the T1 file's voxel axes (those of ``--roi``).
+
+    nnU-Net reads NIfTI with SimpleITK (array axes z, y, x: the file's axes reversed), then applies
+    ``transpose_forward``; its patch is in that order.
+    """
+    xyz = [0, 0, 0]
+    for axis, size in zip(plan["transpose_forward"], sizes, strict=True):
+        xyz[2 - axis] = size
+    return xyz
+
+
+def run_nnunet(args: argparse.Namespace, base: dict[str, Any], label: Path | None, work: Path) -> dict[str, Any]:
+    """Plan, build and time nnU-Net v2's predictor, mirroring off and on, each timing in its own process."""
+    python = args.nnunet_python
+    if not python:
+        return {"status": "skipped: --nnunet-python is empty"}
+    if not Path(python).is_file():
+        return {"status": f"skipped: no nnU-Net interpreter at {python} (set it up with `{NNUNET_SETUP}`)"}
+    common = ["--processes", str(args.nnunet_processes)]
+    result: dict[str, Any] = {
+        "status": "measured",
+        "python": python,
+        "worker": str(NNUNET_WORKER.relative_to(REPO)),
+        "tile_step_size": 0.5,
+        "use_gaussian": True,
+        "perform_everything_on_device": False,
+        "processes_preprocessing_export": args.nnunet_processes,
+    }
+    try:
+        log(f"nnU-Net: fingerprint + {args.nnunet_planner} + untrained 3d_fullres model folder")
+        prepare = ["--t1", base["t1"], "--flair", base["flair"], "--planner", args.nnunet_planner, *common]
+        prepare += ["--label", str(label)] if label is not None else []
+        plan = result["plan"] = run_nnunet_worker(python, "prepare", prepare, work, work / "prepare.json")
+        plan["patch_size_xyz"] = nnunet_xyz(plan, plan["patch_size"])
+        mirror_repeats = args.repeats if args.nnunet_mirroring_repeats is None else args.nnunet_mirroring_repeats
+        # --quick: mirroring on (8 passes per window) is one timed call without a warm-up call before it
+        for mirroring, repeats, warmups in (("off", args.repeats, 1), ("on", mirror_repeats, 0 if args.quick else 1)):
+            log(
+                f"nnU-Net: mirroring {mirroring}, {warmups} warm-up + {repeats} run(s), "
+                f"patch {plan['patch_size_xyz']} (xyz)"
+            )
+            timing = ["--mirroring", mirroring, "--repeats", str(repeats), "--warmups", str(warmups)]
+            timing += ["--threads", str(args.threads), *common]
+            row = run_nnunet_worker(python, "time", timing, work, work / f"time_{mirroring}.json")
+            result[f"mirroring_{mirroring}"] = row
+            log(f"nnU-Net: mirroring {mirroring} {[round(t, 1) for t in row['times_s']]} s")
+    except (RuntimeError, json.JSONDecodeError) as error:
+        log(str(error))
+        result["status"] = f"failed: {str(error).splitlines()[0]}"
+        result["error"] = str(error)
+    return result
+
+
 # -- report -------------------------------------------------------------------------------
 
 
@@ -348,27 +455,83 @@ def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
 
-def table(rows: dict[str, dict[str, Any]], title: str) -> str:
+def _window(size: list[int]) -> str:
+    return "×".join(str(n) for n in size)
+
+
+def nnunet_rows(nnunet: dict[str, Any], modes: tuple[str, ...], ref: float) -> list[str]:
+    """Table rows of nnU-Net's predictor (mirroring off/on), the ratio to MONAI's median ``ref``."""
+    if nnunet.get("status") != "measured":
+        return [f"| nnU-Net v2 predictor — {nnunet.get('status')} | — | — | — | — | — | — | — | — |"]
+    plan, lines = nnunet["plan"], []
+    for mode in modes:
+        row = nnunet[f"mirroring_{mode}"]
+        time_s = _median(row["times_s"])
+        cpu = _median([a + b for a, b in zip(row["cpu_s"], row["cpu_children_s"], strict=True)])
+        warm = "—" if row["warmup_s"] is None else f"{row['warmup_s']:.1f}"
+        passes = "8 passes per window" if mode == "on" else "1 pass"
+        lines.append(
+            f"| nnU-Net v2 predictor, {plan['configuration']} plan, mirroring {mode} ({passes}; "
+            f"{row['windows']} window(s) on the {_window(nnunet_xyz(plan, row['preprocessed_shape'][1:]))} "
+            f"non-zero box; "
+            f"files → preprocess → windows → export) | {_window(plan['patch_size_xyz'])} (its plan), batch 1 | "
+            f"{time_s} | {cpu} | {len(row['times_s'])} | {warm} | "
+            f"{row['peak_rss_mib']:.0f} (with workers {row['peak_rss_tree_mib']:.0f}) | {row['parameters']:,} | "
+            f"{time_s / ref:.2f} |"
+        )
+    return lines
+
+
+def table(
+    rows: dict[str, dict[str, Any]],
+    title: str,
+    roi: list[int],
+    sw_batch_size: int,
+    nnunet: dict[str, Any] | None = None,
+    nnunet_modes: tuple[str, ...] = (),
+) -> str:
     seg, mon = rows["segfuse"], rows["monai"]
     full, bare, ref = _median(seg["times_s"]), _median(seg["stages_s"]["window+network"]), _median(mon["times_s"])
+    window = f"{_window(roi)} (`--roi`), batch {sw_batch_size}"
     lines = [
         f"#### {title}",
         "",
-        "| method | s / volume (median) | CPU s (median) | runs | warm-up s | peak RSS MiB | parameters "
-        "| ratio segfuse / MONAI |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
-        f"| segfuse `predict_case` (checkpoint → read → preprocess → windows → write) | {full} | "
+        "| method | window (x×y×z) | s / volume (median) | CPU s (median) | runs | warm-up s | peak RSS MiB "
+        "| parameters | ratio to MONAI |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        f"| segfuse `predict_case` (checkpoint → read → preprocess → windows → write) | {window} | {full} | "
         f"{_median(seg['cpu_s'])} | {len(seg['times_s'])} | {seg['warmup_s']:.1f} | "
         f"{seg['peak_rss_mib']:.0f} | {seg['parameters']:,} | "
         f"{full / ref:.2f} |",
-        f"| segfuse window+network only (`predict_prepared`, same runs) | {bare} | — | "
+        f"| segfuse window+network only (`predict_prepared`, same runs) | {window} | {bare} | — | "
         f"{len(seg['stages_s']['window+network'])} | {seg['stages_warmup_s']['window+network']:.1f} | — | — | "
         f"{bare / ref:.2f} |",
-        f"| MONAI `sliding_window_inference` + FlexibleUNet-resnet18, early fusion | {ref} | "
+        f"| MONAI `sliding_window_inference` + FlexibleUNet-resnet18, early fusion | {window} | {ref} | "
         f"{_median(mon['cpu_s'])} | {len(mon['times_s'])} | {mon['warmup_s']:.1f} | "
         f"{mon['peak_rss_mib']:.0f} | {mon['parameters']:,} | 1.00 |",
     ]
+    if nnunet is not None:
+        lines += nnunet_rows(nnunet, nnunet_modes, ref)
     return "\n".join(lines)
+
+
+def nnunet_note(nnunet: dict[str, Any], threads: int) -> str:
+    if nnunet.get("status") != "measured":
+        return f"nnU-Net: {nnunet.get('status')}"
+    plan, off = nnunet["plan"], nnunet["mirroring_off"]
+    return (
+        f"nnU-Net v2 {plan['nnunetv2']}: {plan['planner']} plan ({plan['plans_identifier']}, {plan['configuration']}) "
+        f"of a one-case dataset (T1 + FLAIR upsampled trilinearly to the T1 grid); patch "
+        f"{_window(plan['patch_size'])} in nnU-Net's axis order = {_window(plan['patch_size_xyz'])} (x×y×z); "
+        f"{plan['network'].rsplit('.', 1)[-1]}, {plan['n_stages']} stages, features {plan['features_per_stage']}; "
+        f"untrained weights. nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, device=cpu, "
+        f"perform_everything_on_device=False), initialize_from_trained_model_folder + predict_from_files, "
+        f"{nnunet['processes_preprocessing_export']} preprocessing and as many export process(es) "
+        f"(nnUNet_n_proc_DA={nnunet['processes_preprocessing_export']}), torch threads {off['torch_threads']}"
+        f"{'' if threads else ' (torch default)'}; CPU s include its worker processes; peak RSS is the predicting "
+        f'process\'s ru_maxrss; "with workers" the peak of VmRSS summed over it and its worker processes, '
+        f"sampled every 0.25 s."
+    )
 
 
 def verdict(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
@@ -399,6 +562,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta-repeats", type=int, default=1, help="timed runs per method with TTA")
     parser.add_argument("--profile", action="store_true", help="torch.profiler top operators of one call each")
     parser.add_argument("--json", type=Path, default=None, help="write every number here")
+    parser.add_argument(
+        "--nnunet-python",
+        default=DEFAULT_NNUNET_PYTHON,
+        help=f"nnU-Net's own interpreter (made by `{NNUNET_SETUP}`); empty = skip nnU-Net",
+    )
+    parser.add_argument("--nnunet-processes", type=int, default=1, help="nnU-Net preprocessing/export processes")
+    parser.add_argument("--nnunet-planner", default="ExperimentPlanner", help="nnU-Net experiment planner class")
+    parser.add_argument(
+        "--nnunet-mirroring-repeats",
+        type=int,
+        default=None,
+        help="timed nnU-Net runs with mirroring (default --repeats)",
+    )
     args = parser.parse_args(argv)
     if args.worker:
         worker(json.loads(args.worker))
@@ -430,14 +606,11 @@ def main(argv: list[str] | None = None) -> int:
         "sw_batch_size": args.sw_batch_size,
         "blend": "gaussian",
         "repeats": args.repeats,
-        "nnunet": "skipped: no nnU-Net virtual environment at .venv-nnunet"
-        if not (REPO / ".venv-nnunet").is_dir()
-        else "not wired in this script yet",
         "results": {},
     }
     with tempfile.TemporaryDirectory(prefix="segfuse_speed_") as tmp:
         work = Path(tmp)
-        t1, flair, report["data"] = write_inputs(args.case, shape, work)
+        t1, flair, label_file, report["data"] = write_inputs(args.case, shape, work)
         torch.manual_seed(0)
         net = build_model(cfg, in_channels=1)
         checkpoint = save_checkpoint(
@@ -462,16 +635,37 @@ def main(argv: list[str] | None = None) -> int:
                 rows[method] = run_worker({**base, "method": method, "tta": tta, "repeats": repeats})
                 log(f"{label}: {method} {[round(t, 1) for t in rows[method]['times_s']]} s")
             report[f"verdict_{label}"] = verdict(rows)
+        (work / "nnunet").mkdir()
+        report["nnunet"] = run_nnunet(args, base, label_file, work / "nnunet")
 
     machine = report["machine"]
     print(
         f"\n### Inference speed: {report['primary_shape']} primary + {report['aux_shape']} FLAIR (2×2×4), "
         f"{report['data']}\n"
     )
-    print(table(report["results"]["plain"], "Without test-time augmentation"))
+    nnunet = report["nnunet"]
+    print(
+        table(
+            report["results"]["plain"],
+            "Without test-time augmentation (nnU-Net: mirroring off and on)",
+            roi,
+            args.sw_batch_size,
+            nnunet,
+            ("off", "on"),
+        )
+    )
     if args.tta:
         print()
-        print(table(report["results"]["tta"], "Mirror TTA over 3 axes (8 passes per window), both methods"))
+        print(
+            table(
+                report["results"]["tta"],
+                "Mirror TTA over 3 axes (8 passes per window), every method",
+                roi,
+                args.sw_batch_size,
+                nnunet,
+                ("on",),
+            )
+        )
     v = report["verdict_plain"]
     print(
         f"\nTarget segfuse ≤ {TARGET_RATIO:.1f}× MONAI's time: {'MET' if v['met'] else 'MISSED'} "
@@ -479,8 +673,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"\nroi {roi}, overlap {args.overlap}, sw_batch_size {args.sw_batch_size}, gaussian blending; "
-        f"segfuse config: {config_source}; nnU-Net: {report['nnunet']}"
+        f"segfuse config: {config_source}"
     )
+    print(nnunet_note(nnunet, args.threads))
     print(
         f"Machine: {machine['cpu']}, {machine['cores']} cores, torch {machine['torch']} "
         f"({report['results']['plain']['segfuse']['torch_threads']} threads), MONAI {machine['monai']}, "
