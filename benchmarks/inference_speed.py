@@ -34,8 +34,8 @@ that peak RSS (``ru_maxrss``) belongs to one method:
   own planned patch (not ``--roi``), resample/export. ``--nnunet-processes``
   (default 1) preprocessing and export processes; the same ``--threads``. nnU-Net's
   folders live in the run's temporary directory. With ``--quick`` the mirroring-on
-  call is one timed call without a warm-up; ``--nnunet-mirroring-repeats`` sets
-  its count otherwise (default ``--repeats``).
+  call is one timed call without a warm-up; ``--nnunet-mirroring-repeats`` and
+  ``--nnunet-mirroring-warmups`` set them otherwise (default ``--repeats`` and 1).
 
 segfuse and MONAI use the same window (``--roi``, default the segfuse config's roi), overlap
 (``--overlap``, default 0.5), ``sw_batch_size``, Gaussian blending
@@ -409,8 +409,11 @@ def run_nnunet(args: argparse.Namespace, base: dict[str, Any], label: Path | Non
         plan = result["plan"] = run_nnunet_worker(python, "prepare", prepare, work, work / "prepare.json")
         plan["patch_size_xyz"] = nnunet_xyz(plan, plan["patch_size"])
         mirror_repeats = args.repeats if args.nnunet_mirroring_repeats is None else args.nnunet_mirroring_repeats
+        mirror_warmups = args.nnunet_mirroring_warmups
+        if mirror_warmups is None:
+            mirror_warmups = 0 if args.quick else 1
         # --quick: mirroring on (8 passes per window) is one timed call without a warm-up call before it
-        for mirroring, repeats, warmups in (("off", args.repeats, 1), ("on", mirror_repeats, 0 if args.quick else 1)):
+        for mirroring, repeats, warmups in (("off", args.repeats, 1), ("on", mirror_repeats, mirror_warmups)):
             log(
                 f"nnU-Net: mirroring {mirroring}, {warmups} warm-up + {repeats} run(s), "
                 f"patch {plan['patch_size_xyz']} (xyz)"
@@ -574,6 +577,12 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         default=None,
         help="timed nnU-Net runs with mirroring (default --repeats)",
+    )
+    parser.add_argument(
+        "--nnunet-mirroring-warmups",
+        type=int,
+        default=None,
+        help="warm-up calls before the timed nnU-Net runs with mirroring (default 1; 0 with --quick)",
     )
     args = parser.parse_args(argv)
     if args.worker:
