@@ -24,7 +24,7 @@ peak RSS is its own.
 
 Usage:
     python benchmarks/brats_fusion.py --quick                 # 1 fold, 2 variants, 1 min each (< 10 min)
-    python benchmarks/brats_fusion.py --folds 3 --minutes 4   # full: 9 variants x 3 folds (about 2 h)
+    python benchmarks/brats_fusion.py --folds 3 --minutes 2   # full: 9 variants x 3 folds (1 h 50 min on 2 cores)
 """
 
 from __future__ import annotations
@@ -236,7 +236,7 @@ def summarise(results: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--minutes", type=float, default=4.0, help="optimisation time per run")
+    parser.add_argument("--minutes", type=float, default=2.0, help="optimisation time per run")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--quick", action="store_true", help="fold 0 only, t1_only and segfuse_conv, 1 min each")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_brats_fusion")
