@@ -29,6 +29,7 @@ import csv
 import io
 import json
 import math
+import shutil
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -471,5 +472,5 @@ def reference_folder(cases, folder: Path) -> Path:
     for case in cases:
         target = folder / f"{case.case_id}.nii.gz"
         if not target.exists():
-            target.write_bytes(Path(case.label).read_bytes())
+            shutil.copyfile(case.label, target)
     return folder

@@ -421,8 +421,8 @@ def train(
                     "elapsed_s": round(time.monotonic() - started, 2),
                 }
                 running = [0.0, 0]
-                every = cfg.training.val_every
-                is_val = bool(val_cases) and every > 0 and (epoch % every == 0 or iteration == total or out_of_time)
+                # val_every 0 leaves val_cases empty (load_cases), so it never validates here
+                is_val = val_cases and (epoch % cfg.training.val_every == 0 or iteration == total or out_of_time)
                 if is_main and is_val:
                     row.update(validate(model, cfg, val_cases, device))
                     if row["val_mean_dice"] > best:
@@ -438,7 +438,7 @@ def train(
             if stop:
                 break
     bar.close()
-    if (not val_cases or cfg.training.val_every == 0) and is_main:
+    if not val_cases and is_main:
         # no validation (no cases, or val_every 0): the last weights are the best we know
         checkpoint("checkpoint_best.pt", gather=False)
     if logger:
