@@ -6,9 +6,13 @@ AMP on CUDA, validation with sliding-window inference and MONAI's DiceMetric,
 ``checkpoint_best.pt`` and ``checkpoint_last.pt``, and a run folder with the
 resolved config, ``metrics.csv``, TensorBoard events and ``training_curve.png``.
 
-Checkpoints hold weights, config, optimizer, scheduler, scaler and every RNG
-state, so ``train(..., resume=True)`` continues an interrupted run; on CPU with
-``experiment.deterministic`` the result is bit-identical to an uninterrupted run.
+Checkpoints hold weights, config, optimizer, scheduler, scaler and torch's RNG
+states; each iteration's batch is drawn from its own generator, seeded by
+(seed, rank, iteration), so ``train(..., resume=True)`` continues an interrupted
+run with the batches the uninterrupted run would have drawn; on CPU with
+``experiment.deterministic`` the result is bit-identical. Batches are built
+``training.num_workers`` threads ahead of the optimiser (:mod:`segfuse.training.prefetch`);
+the count changes speed, never the batches.
 Ctrl-C or SIGTERM saves a checkpoint and returns cleanly. Under ``torchrun``
 each process trains on its own samples with DistributedDataParallel (NCCL on
 GPU, gloo on CPU); rank 0 alone validates, logs and writes.
@@ -40,6 +44,7 @@ from segfuse.io.checkpoint import load_checkpoint, save_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.models.factory import build_model
 from segfuse.training.logging import RunLogger
+from segfuse.training.prefetch import BatchPrefetcher, iteration_rng, resolve_workers
 
 log = logging.getLogger("segfuse.train")
 
@@ -151,9 +156,15 @@ def load_cases(cfg: Config, progress: bool, rank: int = 0) -> tuple[list[Prepare
 # -- the loop -----------------------------------------------------------------------------
 
 
-def _batch(
-    cases: list[PaddedCase], cfg: Config, rng: np.random.Generator, margin: list[int], device: torch.device
-) -> tuple[torch.Tensor, dict, dict, torch.Tensor]:
+Batch = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
+
+
+def _batch(cases: list[PaddedCase], cfg: Config, rng: np.random.Generator, margin: list[int], pin: bool) -> Batch:
+    """One training batch on the CPU, drawn with ``rng``.
+
+    Returns ``(primary (B, C, *patch), {aux: (B, C_a, *patch / scale)}, {aux: present (B,)},
+    label (B, *patch))``; tensors are in pinned memory when ``pin`` (for asynchronous copies to a GPU).
+    """
     t = cfg.training
     scales = {name: tuple(spec.scale) for name, spec in cfg.data.aux.items()}
     dropout = {name: spec.dropout for name, spec in cfg.data.aux.items()}
@@ -170,11 +181,22 @@ def _batch(
         )
 
     def stack(key: str) -> torch.Tensor:
-        return torch.from_numpy(np.stack([s[key] for s in samples])).to(device)
+        tensor = torch.from_numpy(np.stack([s[key] for s in samples]))
+        return tensor.pin_memory() if pin else tensor
 
     aux = {name: stack(f"aux_{name}") for name in scales}
     present = {name: stack(f"present_{name}") for name in scales}
     return stack("primary"), aux, present, stack("label")
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    x, aux, present, y = batch
+    blocking = device.type != "cuda"
+
+    def move(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device, non_blocking=not blocking)
+
+    return move(x), {k: move(v) for k, v in aux.items()}, {k: move(v) for k, v in present.items()}, move(y)
 
 
 def validate(model: torch.nn.Module, cfg: Config, cases: list[PreparedCase], device: torch.device) -> dict[str, float]:
@@ -226,15 +248,15 @@ def _signals(flag: _StopFlag):
             signal.signal(s, handler)
 
 
-def _rng_state(rng: np.random.Generator) -> dict[str, Any]:
-    state = {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()}
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
-def _restore_rng(rng: np.random.Generator, state: dict[str, Any]) -> None:
-    rng.bit_generator.state = state["numpy"]
+def _restore_rng(state: dict[str, Any]) -> None:
+    # batches need no saved state (iteration_rng); a "numpy" entry from older checkpoints is ignored
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -287,7 +309,6 @@ def train(
     if cfg.experiment.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
     torch.manual_seed(cfg.experiment.seed + rank)
-    rng = np.random.default_rng(cfg.experiment.seed + 1000 * rank)
 
     train_cases, val_cases, cfg = load_cases(cfg, progress, rank)
     if not train_cases:
@@ -318,7 +339,7 @@ def train(
         iteration, best, history = state["iteration"], state["best_metric"], list(state["history"])
         running = list(state.get("running", [0.0, 0]))
         train_seconds = float(state.get("train_seconds", 0.0))
-        _restore_rng(rng, state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+        _restore_rng(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
     net = model
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
@@ -332,7 +353,7 @@ def train(
         logger = RunLogger(run_path, history)
 
     def checkpoint(name: str, gather: bool = True) -> None:
-        rng_states: Any = _rng_state(rng)
+        rng_states: Any = _rng_state()
         if world > 1 and gather:
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, rng_states)
@@ -371,13 +392,19 @@ def train(
     else:
         bar = tqdm(total=total, initial=iteration, desc="training", unit="it", disable=disable)
     model.train()
-    with _signals(flag):
+    pin = device.type == "cuda"
+    workers = resolve_workers(cfg.training.num_workers, device.type)
+
+    def build(i: int) -> Batch:
+        return _batch(padded, cfg, iteration_rng(cfg.experiment.seed, rank, i), margin, pin)
+
+    with _signals(flag), BatchPrefetcher(build, start=iteration, workers=workers) as batches:
         while iteration < total:
             step_started = time.monotonic()
             if by_time:
                 for group in optimizer.param_groups:
                     group["lr"] = cfg.training.lr * _time_factor(cfg, iteration, train_seconds)
-            x, aux, present, y = _batch(padded, cfg, rng, margin, device)
+            x, aux, present, y = _to_device(batches.next(), device)
             with torch.autocast(device_type=device.type, enabled=use_amp):
                 out = net(x, aux=aux, present=present)
                 loss = loss_fn(out, y)
