@@ -12,14 +12,17 @@ Phases, in order:
    bundled in ``segfuse/sample/hippocampus`` (18 train, the 6 last case ids held
    back for validation, as ``segfuse demo`` does), ``training.amp=true``, for a
    fixed number of iterations through :func:`segfuse.training.loop.train`
-   (batch 2, then a larger batch for fewer iterations). ``iterations_per_epoch``
-   is set to the iteration count, so validation runs once, at the end, and the
-   history row's ``elapsed_s`` is pure training time (data preparation excluded).
-   The per-iteration clock comes from wrapping ``loop._batch`` (called once per
-   iteration; the loop's ``float(loss)`` synchronises the GPU every iteration):
-   steady-state iterations/s skip the first iterations, and the share of time
-   spent building batches on the CPU (sampling + augmentation + host-to-device
-   copy) is reported. Peak GPU memory is ``torch.cuda.max_memory_allocated``
+   (batch 2, then a larger batch for fewer iterations), each once with
+   ``training.num_workers=0`` (batches built in the training thread) and once
+   with each further count in ``--workers`` (``auto``: what segfuse picks beside
+   a GPU, up to 8 threads). ``iterations_per_epoch`` is set to the iteration
+   count, so validation runs once, at the end, and the history row's
+   ``elapsed_s`` is pure training time (data preparation excluded). The
+   per-iteration clock comes from wrapping ``BatchPrefetcher.next`` (called once
+   per iteration in the training thread; the loop synchronises the GPU every
+   iteration): steady-state iterations/s skip the first iterations, and the
+   share of time the training thread spends waiting for its batch (with 0
+   workers: building it, sampling + augmentation) is reported. Peak GPU memory is ``torch.cuda.max_memory_allocated``
    over the run (validation included). ``training.max_minutes`` carries the
    budget guard into the loop, which then stops, validates and returns.
 3. **inference** on one BraTS-size volume, random data (timing only): primary
@@ -207,13 +210,14 @@ def _cpu_model() -> str | None:
 
 
 def train_run(
-    device: torch.device, batch_size: int, iterations: int, max_seconds: float, smoke: bool
+    device: torch.device, batch_size: int, iterations: int, max_seconds: float, smoke: bool, workers: str
 ) -> dict[str, Any]:
     """Train hippocampus_3d on the bundled sample; returns speed, memory and Dice."""
     import segfuse.training.loop as loop
     from segfuse.config import load_config
     from segfuse.data.layouts import read_dataset
     from segfuse.sample import sample_data_path
+    from segfuse.training.prefetch import BatchPrefetcher, resolve_workers
 
     data = sample_data_path()
     run_root = Path(tempfile.mkdtemp(prefix=f"segfuse_gpu_b{batch_size}_"))
@@ -226,6 +230,7 @@ def train_run(
         f"training.iterations={iterations}",
         f"training.iterations_per_epoch={iterations}",
         f"training.max_minutes={max(max_seconds, 1.0) / 60:.4f}",
+        f"training.num_workers={'null' if workers == 'auto' else workers}",
     ]
     if smoke:
         overrides.append("training.warmup_iterations=0")
@@ -235,22 +240,22 @@ def train_run(
 
     starts: list[float] = []
     batch_time = [0.0]
-    original = loop._batch
+    original = BatchPrefetcher.next
 
-    def timed_batch(*args, **kwargs):
+    def timed_next(self):
         t = time.perf_counter()
         starts.append(t)
-        result = original(*args, **kwargs)
+        result = original(self)
         batch_time[0] += time.perf_counter() - t
         return result
 
     _reset_peak(device)
-    loop._batch = timed_batch
+    BatchPrefetcher.next = timed_next
     t_call = time.perf_counter()
     try:
         result = loop.train(cfg, run_dir=run_root / "run", progress=False)
     finally:
-        loop._batch = original
+        BatchPrefetcher.next = original
     t_end = time.perf_counter()
     last = result.history[-1] if result.history else {}
     elapsed = float(last.get("elapsed_s", float("nan")))
@@ -265,6 +270,8 @@ def train_run(
         "val_cases": cfg.data.val_cases,
         "patch_size": cfg.training.patch_size,
         "batch_size": batch_size,
+        "num_workers": workers,
+        "num_workers_resolved": resolve_workers(cfg.training.num_workers, device.type),
         "amp": bool(cfg.training.amp and device.type == "cuda"),
         "iterations_asked": iterations,
         "iterations_done": n,
@@ -276,7 +283,7 @@ def train_run(
         "steady_its_per_s": round(1.0 / float(np.mean(steady)), 3) if len(steady) else None,
         "steady_skip_first": skip,
         "median_iteration_ms": round(float(np.median(steady)) * 1000, 2) if len(steady) else None,
-        "batch_build_share": round(batch_time[0] / loop_time, 3) if loop_time == loop_time and loop_time else None,
+        "batch_wait_share": round(batch_time[0] / loop_time, 3) if loop_time == loop_time and loop_time else None,
         "data_prep_and_overhead_s": round(t_end - t_call - (elapsed if elapsed == elapsed else 0.0), 2),
         "peak_gpu_mib": _peak_mib(device),
         "peak_gpu_reserved_mib": _peak_reserved_mib(device),
@@ -444,6 +451,43 @@ def inference(device: torch.device, args: argparse.Namespace, budget: Budget, re
     s, m = sec["methods"].get("segfuse", {}), sec["methods"].get("monai_flexibleunet", {})
     if s.get("median_s") and m.get("median_s"):
         sec["segfuse_over_monai_time"] = round(s["median_s"] / m["median_s"], 3)
+    if budget.left() > args.min_phase_s:
+        sec["profile"] = {}
+        for name, fn in (("segfuse", run_segfuse(device)), ("monai_flexibleunet", run_monai)):
+            try:
+                sec["profile"][name] = _profile(fn, device)
+                log(f"profile {name}: " + ", ".join(f"{r['name']} {r['device_ms']} ms"
+                                                    for r in sec["profile"][name]["top"][:6]))
+            except Exception as exc:
+                sec["profile"][name] = {"error": repr(exc)}
+        _write(results, out)
+
+
+def _profile(fn, device: torch.device, top: int = 15) -> dict[str, Any]:
+    """One pass under torch.profiler: the operators that take the most device (or CPU) time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        fn()
+        _sync(device)
+    events = prof.key_averages()
+
+    def device_us(e) -> float:
+        return float(getattr(e, "self_device_time_total", 0.0) or getattr(e, "self_cuda_time_total", 0.0) or 0.0)
+
+    key = device_us if device.type == "cuda" else (lambda e: float(e.self_cpu_time_total))
+    rows = sorted(events, key=key, reverse=True)[:top]
+    return {
+        "device_total_ms": round(sum(device_us(e) for e in events) / 1000, 2),
+        "cpu_total_ms": round(sum(float(e.self_cpu_time_total) for e in events) / 1000, 2),
+        "top": [
+            {"name": e.key, "calls": e.count, "device_ms": round(device_us(e) / 1000, 2),
+             "cpu_ms": round(float(e.self_cpu_time_total) / 1000, 2)}
+            for e in rows
+        ],
+    }
 
 
 # -- main -------------------------------------------------------------------------------
@@ -468,7 +512,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--roi", type=int, nargs=3, default=[128, 128, 128])
     p.add_argument("--overlap", type=float, default=0.5)
     p.add_argument("--sw-batch-size", type=int, default=2, help="windows per forward, both methods")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument(
+        "--workers",
+        default="0,auto",
+        help="comma-separated training.num_workers values; each training run is repeated with each",
+    )
     p.add_argument("--min-phase-s", type=float, default=15.0, help="a phase with less left than this is skipped")
     args = p.parse_args(argv)
     if args.device is None:
@@ -477,6 +526,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.train_iters, args.batch_size = 4, 1
         args.large_batch, args.large_iters = 2, 2
         args.volume, args.roi, args.repeats = [64, 64, 40], [32, 32, 32], 1
+        args.workers = "0,2"
         args.min_phase_s = 1.0
     return args
 
@@ -507,31 +557,37 @@ def main(argv: list[str] | None = None) -> int:
     )
     _write(results, out)
 
-    # Budget shares: batch-2 training gets up to 40 % of the budget, the large batch up to 15 %,
-    # inference the rest (it needs ~35 % of the budget: model build, warm-ups, 3x2 timed passes).
+    # Budget shares: the batch-2 runs get up to 40 % of the budget together, the large-batch runs
+    # up to 15 %, inference the rest (it needs ~35 %: model builds, warm-ups, timed passes).
     results["training"] = []
-    plan = [(args.batch_size, args.train_iters, 0.40)]
+    worker_counts = [w.strip() for w in args.workers.split(",") if w.strip()]
+    plan = [(args.batch_size, args.train_iters, 0.40 / len(worker_counts), w) for w in worker_counts]
     if args.large_batch:
-        plan.append((args.large_batch, args.large_iters, 0.15))
-    for batch, iters, share in plan:
+        plan += [(args.large_batch, args.large_iters, 0.15 / len(worker_counts), w) for w in worker_counts]
+    for batch, iters, share, workers in plan:
         left = budget.left()
+        name = f"training batch {batch}, workers {workers}"
         if left < args.min_phase_s + 0.35 * args.budget_s:
-            results["training"].append({"batch_size": batch, "skipped": f"budget: {left:.0f} s left"})
-            log(f"training batch {batch}: skipped, {left:.0f} s left")
+            results["training"].append(
+                {"batch_size": batch, "num_workers": workers, "skipped": f"budget: {left:.0f} s left"}
+            )
+            log(f"{name}: skipped, {left:.0f} s left")
             continue
         # the loop checks max_minutes after each iteration, then validates (~a few s) and saves
         max_s = min(share * args.budget_s, left - 0.35 * args.budget_s)
-        log(f"training batch {batch}: {iters} iterations, at most {max_s:.0f} s of training")
+        log(f"{name}: {iters} iterations, at most {max_s:.0f} s of training")
         try:
-            row = train_run(device, batch, iters, max_s, args.smoke)
+            row = train_run(device, batch, iters, max_s, args.smoke, workers)
             log(
-                f"training batch {batch}: {row['iterations_done']} it in {row['train_elapsed_s']} s = "
-                f"{row['its_per_s']} it/s (steady {row['steady_its_per_s']}), batch build share "
-                f"{row['batch_build_share']}, peak {row['peak_gpu_mib']} MiB, val Dice {row['val_mean_dice']}"
+                f"{name} ({row['num_workers_resolved']} threads): {row['iterations_done']} it in "
+                f"{row['train_elapsed_s']} s = {row['its_per_s']} it/s (steady {row['steady_its_per_s']}), "
+                f"batch wait share {row['batch_wait_share']}, peak {row['peak_gpu_mib']} MiB, "
+                f"val Dice {row['val_mean_dice']}"
             )
         except Exception as exc:
-            row = {"batch_size": batch, "error": repr(exc), "traceback": traceback.format_exc()}
-            log(f"training batch {batch}: FAILED {exc!r}")
+            row = {"batch_size": batch, "num_workers": workers, "error": repr(exc),
+                   "traceback": traceback.format_exc()}
+            log(f"{name}: FAILED {exc!r}")
         results["training"].append(row)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -566,19 +622,21 @@ def _summary(results: dict[str, Any]) -> None:
         f"| torch {env['torch']} CUDA {env['torch_cuda']} | {results['date_utc']}",
     )
     print(
-        "\n| training (hippocampus_3d, AMP) | batch | iterations | it/s | steady it/s | samples/s "
-        "| batch-build share | peak GPU MiB | val mean Dice |"
+        "\n| training (hippocampus_3d, AMP) | batch | workers | iterations | it/s | steady it/s | samples/s "
+        "| batch-wait share | peak GPU MiB | val mean Dice |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in results.get("training", []):
         if "its_per_s" in r:
             print(
-                f"| segfuse 3D | {r['batch_size']} | {r['iterations_done']}/{r['iterations_asked']} | "
-                f"{r['its_per_s']} | {r['steady_its_per_s']} | {r['samples_per_s']} | {r['batch_build_share']} | "
+                f"| segfuse 3D | {r['batch_size']} | {r['num_workers']} ({r['num_workers_resolved']}) | "
+                f"{r['iterations_done']}/{r['iterations_asked']} | "
+                f"{r['its_per_s']} | {r['steady_its_per_s']} | {r['samples_per_s']} | {r['batch_wait_share']} | "
                 f"{r['peak_gpu_mib']} | {r['val_mean_dice']} |"
             )
         else:
-            print(f"| segfuse 3D | {r.get('batch_size')} | {r.get('skipped') or r.get('error')} | | | | | | |")
+            why = r.get("skipped") or r.get("error")
+            print(f"| segfuse 3D | {r.get('batch_size')} | {r.get('num_workers')} | {why} | | | | | | |")
     inf = results.get("inference", {})
     print(
         f"\n| inference {inf.get('primary_shape')} + aux {inf.get('aux_shape')}, roi {inf.get('roi_size')}, "
