@@ -82,7 +82,7 @@ def plot(series: list[dict], out: Path) -> Path:
     ax.set_title("MSD hippocampus, 160/40 split (seed 0), equal CPU budget")
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper right", bbox_to_anchor=(1.0, 0.78))  # between the curves
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=120)
