@@ -190,11 +190,12 @@ def _batch(cases: list[PaddedCase], cfg: Config, rng: np.random.Generator, margi
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
+    """``batch`` on ``device``; copies to a GPU are asynchronous (from pinned memory)."""
     x, aux, present, y = batch
-    blocking = device.type != "cuda"
+    non_blocking = device.type == "cuda"
 
     def move(t: torch.Tensor) -> torch.Tensor:
-        return t.to(device, non_blocking=not blocking)
+        return t.to(device, non_blocking=non_blocking)
 
     return move(x), {k: move(v) for k, v in aux.items()}, {k: move(v) for k, v in present.items()}, move(y)
 
