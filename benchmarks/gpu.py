@@ -45,6 +45,12 @@ Phases, in order:
    One warm-up pass, then the median (and all) of ``--repeats`` timed passes,
    ``torch.cuda.synchronize()`` around each; peak GPU memory per method.
 
+4. **training speed** at the same patch and batch (64³, batch 2, AMP, one fixed
+   random batch): every method of ``benchmarks/train_speed.py`` (segfuse's
+   hippocampus and default networks, with and without a FLAIR auxiliary, against
+   MONAI FlexibleUNet-resnet18 with and without early fusion and DynUNet on
+   nnU-Net's plan), median of 20 steps after 3 warm-ups, peak GPU memory.
+
 SimpleITK is 264 MB as a wheel, too large to carry to the device machine, and
 ``segfuse.io.image`` imports it at module level (every ``segfuse.io`` import goes
 through it). Nothing here reads NRRD, MetaImage or DICOM (the sample is NIfTI,
@@ -490,6 +496,41 @@ def _profile(fn, device: torch.device, top: int = 15) -> dict[str, Any]:
     }
 
 
+# -- 4. training speed at the same patch and batch ----------------------------------------
+
+
+def training_speed(device: torch.device, args: argparse.Namespace, budget: Budget, results: dict, out: Path) -> None:
+    """segfuse's networks against MONAI's, one training step each as ``benchmarks/train_speed.py`` defines it."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import train_speed
+
+    patch = (32, 32, 32) if args.smoke else (64, 64, 64)
+    warmup, steps = (1, 2) if args.smoke else (3, 20)
+    sec = results["training_speed"] = {"batch": 2, "patch": list(patch), "amp": device.type == "cuda",
+                                       "warmup_steps": warmup, "steps": steps, "data": "one fixed random batch",
+                                       "methods": {}}
+    for method in train_speed.METHODS:
+        if budget.left() < args.min_phase_s:
+            sec["methods"][method] = {"skipped": f"budget: {budget.left():.0f} s left"}
+            continue
+        try:
+            torch.manual_seed(0)
+            model, step_loss, optimizer, params = train_speed.build(method, 2, patch, device=str(device))
+            _reset_peak(device)
+            times = train_speed.time_steps(model, step_loss, optimizer, warmup, steps, amp=device.type == "cuda")
+            median = statistics.median(times)
+            sec["methods"][method] = {"parameters": params, "median_s_per_it": round(median, 4),
+                                      "its_per_s": round(1 / median, 2), "peak_gpu_mib": _peak_mib(device)}
+            log(f"training speed {method}: {1 / median:.2f} it/s, peak {_peak_mib(device)} MiB")
+            del model, step_loss, optimizer
+        except Exception as exc:
+            sec["methods"][method] = {"error": repr(exc), "traceback": traceback.format_exc()}
+            log(f"training speed {method}: FAILED {exc!r}")
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        _write(results, out)
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -599,6 +640,11 @@ def main(argv: list[str] | None = None) -> int:
         results.setdefault("inference", {})["error"] = repr(exc)
         results["inference"]["traceback"] = traceback.format_exc()
         log(f"inference: FAILED {exc!r}")
+    try:
+        training_speed(device, args, budget, results, out)
+    except Exception as exc:
+        results["training_speed"] = {"error": repr(exc), "traceback": traceback.format_exc()}
+        log(f"training speed: FAILED {exc!r}")
     results["peak_rss_mib"] = _rss_peak_mib()
     results["total_wall_s"] = round(_elapsed(), 2)
     _write(results, out)
@@ -650,6 +696,15 @@ def _summary(results: dict[str, Any]) -> None:
             print(f"| {name} | {r.get('skipped') or r.get('error')} | | | |")
     if inf.get("error"):
         print("inference error:", inf["error"])
+    speed = results.get("training_speed", {})
+    print(f"\n| training step, batch 2, patch {speed.get('patch')}, AMP {speed.get('amp')} | parameters | it/s "
+          "| peak GPU MiB |")
+    print("| --- | --- | --- | --- |")
+    for name, r in speed.get("methods", {}).items():
+        if "its_per_s" in r:
+            print(f"| {name} | {r['parameters']} | {r['its_per_s']} | {r['peak_gpu_mib']} |")
+        else:
+            print(f"| {name} | {r.get('skipped') or r.get('error')} | | |")
     print(f"\ntotal wall {results['total_wall_s']} s; JSON: {results['args']['out']}")
 
 

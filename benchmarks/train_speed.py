@@ -51,8 +51,8 @@ METHODS = (
 FLAIR_SCALE = (2, 2, 4)
 
 
-def build(method: str, batch: int, patch: tuple[int, int, int]):
-    """``(model, step_inputs -> loss, optimizer, parameters)`` for one method."""
+def build(method: str, batch: int, patch: tuple[int, int, int], device: str = "cpu"):
+    """``(model, () -> loss, optimizer, parameters)`` for one method, model and batch on ``device``."""
     import torch
     import torch.nn.functional as F
     from monai.losses import DiceCELoss
@@ -68,6 +68,7 @@ def build(method: str, batch: int, patch: tuple[int, int, int]):
     x = torch.randn((batch, 1, *patch), generator=gen)
     y = torch.randint(0, 3, (batch, 1, *patch), generator=gen).float()  # label maps as the loaders give them
     flair = torch.randn((batch, 1, *(p // s for p, s in zip(patch, FLAIR_SCALE, strict=True))), generator=gen)
+    x, y, flair = x.to(device), y.to(device), flair.to(device)
     dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
 
     if method in ("segfuse_hippocampus_3d", "segfuse_default", "segfuse_default_flair"):
@@ -120,7 +121,44 @@ def build(method: str, batch: int, patch: tuple[int, int, int]):
     else:
         raise SystemExit(f"unknown method {method!r}; one of {METHODS}")
     params = sum(p.numel() for p in model.parameters())
+    model.to(device)  # before the first step: optimizer state is created lazily, on the parameters' device
     return model, step_loss, optimizer, params
+
+
+def time_steps(model, step_loss, optimizer, warmup: int, steps: int, amp: bool = False) -> list[float]:
+    """Seconds of each of ``steps`` training iterations after ``warmup`` untimed ones.
+
+    ``amp``: autocast to float16 with a gradient scaler, as segfuse trains on CUDA;
+    the GPU is synchronised around every step.
+    """
+    import torch
+
+    cuda = next(model.parameters()).device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and cuda)
+
+    def one_step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(device_type="cuda" if cuda else "cpu", enabled=amp and cuda):
+            loss = step_loss()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+        scaler.step(optimizer)
+        scaler.update()
+
+    model.train()
+    for _ in range(warmup):
+        one_step()
+    times = []
+    for _ in range(steps):
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        one_step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return times
 
 
 def child(method: str, batch: int, patch: tuple[int, int, int], warmup: int, steps: int, threads: int) -> dict:
@@ -132,23 +170,8 @@ def child(method: str, batch: int, patch: tuple[int, int, int], warmup: int, ste
         torch.set_num_threads(threads)
     torch.manual_seed(0)
     model, step_loss, optimizer, params = build(method, batch, patch)
-    model.train()
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-    def one_step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        loss = step_loss()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-        optimizer.step()
-
-    for _ in range(warmup):
-        one_step()
-    times = []
-    for _ in range(steps):
-        t = time.perf_counter()
-        one_step()
-        times.append(time.perf_counter() - t)
+    times = time_steps(model, step_loss, optimizer, warmup, steps)
     median = statistics.median(times)
     return {
         "method": method,
