@@ -9,8 +9,9 @@ import torch
 import torch.nn.functional as F
 
 from segfuse import AuxInput, FusionUNet
+from segfuse.models.decoder import UNetDecoder
 from segfuse.models.encoders import ResNet18Encoder, adapt_first_conv
-from segfuse.models.fusion import FUSION_MODES
+from segfuse.models.fusion import FUSION_MODES, AuxAtLevel, LevelFusion
 from segfuse.models.mappers import MAPPER_KINDS
 
 torch.manual_seed(0)
@@ -325,3 +326,18 @@ def test_torch_export_matches_eager():
     aux = {"flair": torch.randn(1, 1, 16, 16, 4)}
     exported = torch.export.export(net, (x,), {"aux": aux})
     assert torch.allclose(exported.module()(x, aux=aux), net(x, aux=aux), atol=1e-5)
+
+
+def test_a_fused_skip_in_parts_decodes_exactly_as_the_concatenated_skip():
+    """The decoder concatenates a level's parts once; the result must equal decoding the concatenation."""
+    torch.manual_seed(0)
+    fusion = LevelFusion(8, [AuxAtLevel("flair", 4, "concat"), AuxAtLevel("pet", 3, "concat")], spatial_dims=3)
+    skip, deep = torch.randn(2, 8, 8, 8, 4), torch.randn(2, 16, 4, 4, 2)
+    aux = {"flair": torch.randn(2, 4, 8, 8, 4), "pet": torch.randn(2, 3, 8, 8, 4)}
+    parts = fusion.parts(skip, aux)
+    assert len(parts) == 3
+    assert torch.equal(torch.cat(parts, dim=1), fusion(skip, aux))
+    decoder = UNetDecoder(3, [fusion.out_channels, 16], [6], norm="instance").eval()
+    with torch.no_grad():
+        assert torch.equal(decoder([parts, deep])[0], decoder([fusion(skip, aux), deep])[0])
+

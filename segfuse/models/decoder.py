@@ -39,9 +39,11 @@ class DecoderBlock(nn.Module):
         self.conv1 = conv_norm_act(spatial_dims, in_channels + skip_channels, out_channels, norm)
         self.conv2 = conv_norm_act(spatial_dims, out_channels, out_channels, norm)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        x = F.interpolate(x, size=skip.shape[2:], mode="nearest")
-        return self.conv2(self.conv1(torch.cat([x, skip], dim=1)))
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """``skip`` may come in parts (``LevelFusion.parts``): all are concatenated after ``x`` in one copy."""
+        parts = [skip] if isinstance(skip, torch.Tensor) else list(skip)
+        x = F.interpolate(x, size=parts[0].shape[2:], mode="nearest")
+        return self.conv2(self.conv1(torch.cat([x, *parts], dim=1)))
 
 
 class UNetDecoder(nn.Module):
@@ -80,8 +82,10 @@ class UNetDecoder(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.out_channels = list(decoder_channels)
 
-    def forward(self, features: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        x = features[-1]
+    def forward(self, features: Sequence[torch.Tensor | Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+        """``features``: one tensor per level, or its parts (concatenated along channels)."""
+        deepest = features[-1]
+        x = deepest if isinstance(deepest, torch.Tensor) else torch.cat(list(deepest), dim=1)
         outputs = []
         for block, skip in zip(self.blocks, reversed(features[:-1]), strict=True):
             x = block(x, skip)

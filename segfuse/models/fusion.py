@@ -65,6 +65,21 @@ class LevelFusion(nn.Module):
         present: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Fuse; ``present[name]`` ``(B,)`` (1 present, 0 dropped) masks single samples."""
+        parts = self.parts(skip, aux, present)
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def parts(
+        self,
+        skip: torch.Tensor,
+        aux: Mapping[str, torch.Tensor | None],
+        present: Mapping[str, torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """The fused level before concatenation: ``[skip (+ added/gated auxiliaries), *concatenated auxiliaries]``.
+
+        ``torch.cat(parts, dim=1)`` is :meth:`forward`'s output; the decoder takes the
+        parts and concatenates them once with its upsampled features, so a skip is
+        not copied twice.
+        """
         out = skip
         concatenated: list[torch.Tensor] = []
         for e in self.entries:
@@ -86,6 +101,4 @@ class LevelFusion(nn.Module):
                 if mask is not None:
                     projected = projected * mask
                 out = out + projected
-        if concatenated:
-            out = torch.cat([out, *concatenated], dim=1)
-        return out
+        return [out, *concatenated]

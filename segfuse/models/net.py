@@ -354,8 +354,10 @@ class FusionUNet(nn.Module):
         padded = [math.ceil(n / m) * m for n, m in zip(spatial, self.size_multiple, strict=True)]
         features = self.encoder(self._pad(x, padded))
         aux_levels = self.auxiliary_features(padded, checked)
+        # each level in parts: the decoder concatenates them with its upsampled features in one copy
         fused = [
-            fusion(f, aux_at, present) for fusion, f, aux_at in zip(self.fusions, features, aux_levels, strict=True)
+            fusion.parts(f, aux_at, present)
+            for fusion, f, aux_at in zip(self.fusions, features, aux_levels, strict=True)
         ]
         decoded = self.decoder(fused)
         crop = tuple(slice(0, n) for n in spatial)
