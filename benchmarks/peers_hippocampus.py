@@ -67,6 +67,8 @@ DYNUNET = {
     "batch": 9,
 }
 FLEXIBLEUNET = {"patch": (64, 64, 64), "batch": 4}
+# DynUNet's deep-supervision heads (full, 1/2, 1/4 resolution), weights 1, 1/2, 1/4 normalised as nnU-Net does
+DEEP_SUPERVISION_WEIGHTS = tuple(w / 1.75 for w in (1.0, 0.5, 0.25))
 
 
 def machine() -> dict[str, Any]:
@@ -85,19 +87,22 @@ def machine() -> dict[str, Any]:
             "threads": torch.get_num_threads(), "python": platform.python_version()}
 
 
-def build_peer(peer: str, batch: int | None) -> tuple[Any, Any, tuple[int, int, int], int, str]:
-    """Return ``(model, optimizer, patch, batch, description)`` for one peer."""
+def build_peer(
+    peer: str, batch: int | None, in_channels: int = 1
+) -> tuple[Any, Any, tuple[int, int, int], int, str]:
+    """Return ``(model, optimizer, patch, batch, description)`` for one peer (``in_channels`` 2: early fusion)."""
     import torch
     from monai.networks.nets import DynUNet, FlexibleUNet
 
     if peer == "flexibleunet":
-        model = FlexibleUNet(in_channels=1, out_channels=3, backbone="resnet18", spatial_dims=3, pretrained=False)
+        model = FlexibleUNet(in_channels=in_channels, out_channels=3, backbone="resnet18", spatial_dims=3,
+                             pretrained=False)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
         patch, default_batch = FLEXIBLEUNET["patch"], FLEXIBLEUNET["batch"]
         text = "FlexibleUNet resnet18, 64³, AdamW 1e-3"
     elif peer == "dynunet":
         model = DynUNet(
-            spatial_dims=3, in_channels=1, out_channels=3,
+            spatial_dims=3, in_channels=in_channels, out_channels=3,
             kernel_size=DYNUNET["kernel_size"], strides=DYNUNET["strides"],
             upsample_kernel_size=DYNUNET["strides"][1:], filters=DYNUNET["filters"],
             norm_name=("INSTANCE", {"affine": True}), act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
@@ -215,8 +220,6 @@ def run_peer(peer: str, args: argparse.Namespace, minutes: float, out: Path) -> 
     cache_s = time.monotonic() - t0
 
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    heads = [1.0, 0.5, 0.25]
-    head_weights = [w / sum(heads) for w in heads]
     budget = minutes * 60
     val_every = (args.val_every_minutes or 0) * 60
     next_val = val_every if val_every > 0 else math.inf
@@ -240,7 +243,7 @@ def run_peer(peer: str, args: argparse.Namespace, minutes: float, out: Path) -> 
         x, y = data["image"], data["label"]
         out_t = model(x)
         if out_t.dim() == 6:  # DynUNet deep supervision: (B, heads, C, *spatial), heads upsampled
-            loss = sum(w * loss_fn(out_t[:, i], y) for i, w in enumerate(head_weights))
+            loss = sum(w * loss_fn(out_t[:, i], y) for i, w in enumerate(DEEP_SUPERVISION_WEIGHTS))
         else:
             loss = loss_fn(out_t, y)
         optimizer.zero_grad(set_to_none=True)

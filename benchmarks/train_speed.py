@@ -56,9 +56,11 @@ def build(method: str, batch: int, patch: tuple[int, int, int], device: str = "c
     import torch
     import torch.nn.functional as F
     from monai.losses import DiceCELoss
-    from monai.networks.nets import DynUNet, FlexibleUNet
 
     sys.path.insert(0, str(ROOT))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from peers_hippocampus import DEEP_SUPERVISION_WEIGHTS, build_peer
+
     from segfuse.config import ModelConfig, load_config
     from segfuse.models.factory import build_model
     from segfuse.training import loop
@@ -90,9 +92,7 @@ def build(method: str, batch: int, patch: tuple[int, int, int], device: str = "c
 
     elif method in ("monai_flexibleunet", "monai_flexibleunet_early"):
         channels = 2 if method.endswith("early") else 1
-        model = FlexibleUNet(in_channels=channels, out_channels=3, backbone="resnet18", spatial_dims=3,
-                             pretrained=False)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        model, optimizer, *_ = build_peer("flexibleunet", batch, in_channels=channels)
 
         def step_loss():
             inp = x
@@ -102,21 +102,11 @@ def build(method: str, batch: int, patch: tuple[int, int, int], device: str = "c
             return dice_ce(model(inp), y)
 
     elif method == "monai_dynunet":
-        from peers_hippocampus import DYNUNET
-
-        model = DynUNet(
-            spatial_dims=3, in_channels=1, out_channels=3,
-            kernel_size=DYNUNET["kernel_size"], strides=DYNUNET["strides"],
-            upsample_kernel_size=DYNUNET["strides"][1:], filters=DYNUNET["filters"],
-            norm_name=("INSTANCE", {"affine": True}), act_name=("leakyrelu", {"inplace": True, "negative_slope": 0.01}),
-            deep_supervision=True, deep_supr_num=2, res_block=False,
-        )
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.99, nesterov=True, weight_decay=3e-5)
-        weights = [1.0 / 1.75, 0.5 / 1.75, 0.25 / 1.75]
+        model, optimizer, *_ = build_peer("dynunet", batch)
 
         def step_loss():
             out = model(x)
-            return sum(w * dice_ce(out[:, i], y) for i, w in enumerate(weights))
+            return sum(w * dice_ce(out[:, i], y) for i, w in enumerate(DEEP_SUPERVISION_WEIGHTS))
 
     else:
         raise SystemExit(f"unknown method {method!r}; one of {METHODS}")
@@ -165,7 +155,6 @@ def child(method: str, batch: int, patch: tuple[int, int, int], warmup: int, ste
     """Time ``steps`` iterations of one method in this process; returns its row."""
     import torch
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)

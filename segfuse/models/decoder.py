@@ -27,6 +27,11 @@ def conv_norm_act(spatial_dims: int, cin: int, cout: int, norm: str) -> nn.Seque
     )
 
 
+def _parts(feature: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """A level's feature as the list of tensors to concatenate along channels."""
+    return [feature] if isinstance(feature, torch.Tensor) else list(feature)
+
+
 class DecoderBlock(nn.Module):
     """Upsample ``x`` to ``skip``'s size, concatenate, two conv-norm-ReLU layers.
 
@@ -41,7 +46,7 @@ class DecoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
         """``skip`` may come in parts (``LevelFusion.parts``): all are concatenated after ``x`` in one copy."""
-        parts = [skip] if isinstance(skip, torch.Tensor) else list(skip)
+        parts = _parts(skip)
         x = F.interpolate(x, size=parts[0].shape[2:], mode="nearest")
         return self.conv2(self.conv1(torch.cat([x, *parts], dim=1)))
 
@@ -84,8 +89,8 @@ class UNetDecoder(nn.Module):
 
     def forward(self, features: Sequence[torch.Tensor | Sequence[torch.Tensor]]) -> list[torch.Tensor]:
         """``features``: one tensor per level, or its parts (concatenated along channels)."""
-        deepest = features[-1]
-        x = deepest if isinstance(deepest, torch.Tensor) else torch.cat(list(deepest), dim=1)
+        deepest = _parts(features[-1])
+        x = deepest[0] if len(deepest) == 1 else torch.cat(deepest, dim=1)
         outputs = []
         for block, skip in zip(self.blocks, reversed(features[:-1]), strict=True):
             x = block(x, skip)
