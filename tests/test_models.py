@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from segfuse import AuxInput, FusionUNet
+from segfuse.models.convolution import CHANNEL_ALIGNMENT, conv_over_parts, pointwise_conv
 from segfuse.models.decoder import UNetDecoder
 from segfuse.models.encoders import ResNet18Encoder, adapt_first_conv
 from segfuse.models.fusion import FUSION_MODES, AuxAtLevel, LevelFusion
@@ -328,8 +330,8 @@ def test_torch_export_matches_eager():
     assert torch.allclose(exported.module()(x, aux=aux), net(x, aux=aux), atol=1e-5)
 
 
-def test_a_fused_skip_in_parts_decodes_exactly_as_the_concatenated_skip():
-    """The decoder concatenates a level's parts once; the result must equal decoding the concatenation."""
+def test_a_fused_skip_in_parts_decodes_as_the_concatenated_skip():
+    """The decoder takes a level in parts; the result must equal decoding the concatenation."""
     torch.manual_seed(0)
     fusion = LevelFusion(8, [AuxAtLevel("flair", 4, "concat"), AuxAtLevel("pet", 3, "concat")], spatial_dims=3)
     skip, deep = torch.randn(2, 8, 8, 8, 4), torch.randn(2, 16, 4, 4, 2)
@@ -339,5 +341,59 @@ def test_a_fused_skip_in_parts_decodes_exactly_as_the_concatenated_skip():
     assert torch.equal(torch.cat(parts, dim=1), fusion(skip, aux))
     decoder = UNetDecoder(3, [fusion.out_channels, 16], [6], norm="instance").eval()
     with torch.no_grad():
-        assert torch.equal(decoder([parts, deep])[0], decoder([fusion(skip, aux), deep])[0])
+        torch.testing.assert_close(decoder([parts, deep])[0], decoder([fusion(skip, aux), deep])[0])
 
+
+@pytest.mark.parametrize(
+    "channels",
+    [(32,), (32, 1), (16, 16), (16, 8, 8), (32, 16, 1), (3, 5), (1, 32, 16), (48, 3, 16, 2)],
+)
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("bias", [False, True])
+def test_conv_over_parts_is_the_convolution_of_the_concatenation(channels, spatial_dims, bias):
+    """Same output and same gradients as ``conv(cat(parts))``: aligned totals exactly, others to rounding."""
+    torch.manual_seed(0)
+    conv_cls = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+    conv = conv_cls(sum(channels), 5, kernel_size=3, padding=1, bias=bias)
+    size = (6, 7, 5)[:spatial_dims]
+    parts = [torch.randn(2, c, *size, requires_grad=True) for c in channels]
+
+    expected = conv(torch.cat(parts, dim=1))
+    expected_grads = torch.autograd.grad(expected.square().sum(), [*parts, conv.weight])
+    got = conv_over_parts(conv, parts)
+    got_grads = torch.autograd.grad(got.square().sum(), [*parts, conv.weight])
+
+    if sum(channels) % CHANNEL_ALIGNMENT == 0:
+        assert torch.equal(got, expected)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    for g, e in zip(got_grads, expected_grads, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("bias", [False, True])
+def test_pointwise_conv_is_the_1x1_convolution(spatial_dims, bias):
+    """Same output and gradients as the layer itself, for any batch and a non-contiguous input."""
+    torch.manual_seed(0)
+    conv = (nn.Conv3d if spatial_dims == 3 else nn.Conv2d)(16, 3, kernel_size=1, bias=bias)
+    x = torch.randn(3, 16, *(9, 6, 5)[:spatial_dims], requires_grad=True)
+    x_strided = x.transpose(2, 3)  # a view with other strides
+    for inp in (x, x_strided):
+        expected = conv(inp)
+        expected_grads = torch.autograd.grad(expected.square().sum(), [x, conv.weight])
+        got = pointwise_conv(conv, inp)
+        got_grads = torch.autograd.grad(got.square().sum(), [x, conv.weight])
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+        for g, e in zip(got_grads, expected_grads, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [nn.Conv3d(4, 2, kernel_size=3), nn.Conv3d(4, 2, kernel_size=1, stride=2), nn.Conv3d(4, 2, 1, padding=1),
+     nn.Conv2d(4, 2, kernel_size=1, groups=2)],
+)
+def test_pointwise_conv_refuses_other_convolutions(conv):
+    with pytest.raises(ValueError, match="pointwise_conv needs"):
+        pointwise_conv(conv, torch.zeros(1, 4, 5, 5, 5))

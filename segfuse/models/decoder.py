@@ -4,6 +4,10 @@ Each block, as in smp's ``DecoderBlock``, upsamples to the skip's exact size,
 concatenates ``[x, skip]`` and applies two conv-norm-ReLU layers. The skip here
 is the *fused* skip: encoder features plus whatever auxiliaries entered that
 level (see :mod:`segfuse.models.fusion`).
+
+The first convolution of a block runs through
+:func:`segfuse.models.convolution.conv_over_parts`, so the parts of a fused
+skip are never copied into one unaligned channel block.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segfuse.models.convolution import conv_over_parts
 from segfuse.models.mappers import _norm
 
 
@@ -45,10 +50,11 @@ class DecoderBlock(nn.Module):
         self.conv2 = conv_norm_act(spatial_dims, out_channels, out_channels, norm)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """``skip`` may come in parts (``LevelFusion.parts``): all are concatenated after ``x`` in one copy."""
+        """``skip`` may come in parts (``LevelFusion.parts``); they follow ``x`` along channels."""
         parts = _parts(skip)
         x = F.interpolate(x, size=parts[0].shape[2:], mode="nearest")
-        return self.conv2(self.conv1(torch.cat([x, *parts], dim=1)))
+        conv, norm, act = self.conv1
+        return self.conv2(act(norm(conv_over_parts(conv, [x, *parts]))))
 
 
 class UNetDecoder(nn.Module):

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segfuse.models.convolution import pointwise_conv
 from segfuse.models.decoder import UNetDecoder
 from segfuse.models.encoders import ResNet18Encoder, build_encoder
 from segfuse.models.fusion import FUSION_MODES, AuxAtLevel, LevelFusion
@@ -361,12 +362,12 @@ class FusionUNet(nn.Module):
         ]
         decoded = self.decoder(fused)
         crop = tuple(slice(0, n) for n in spatial)
-        logits = self.head(decoded[0])[(..., *crop)]
+        logits = pointwise_conv(self.head, decoded[0])[(..., *crop)]
         if not (self.cfg.deep_supervision and self.training):
             return logits
         outputs = [logits]
         for k, head in enumerate(self.deep_heads, start=1):
             stride = self.encoder.strides[k]
             crop_k = tuple(slice(0, math.ceil(n / s)) for n, s in zip(spatial, stride, strict=True))
-            outputs.append(head(decoded[k])[(..., *crop_k)])
+            outputs.append(pointwise_conv(head, decoded[k])[(..., *crop_k)])
         return outputs
