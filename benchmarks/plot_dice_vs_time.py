@@ -52,7 +52,10 @@ def collect(results: Path) -> list[dict]:
             continue  # a summary file, not a run
         mode = data.get("mode", "3d").upper()
         minutes, dice = _segfuse_series(data)
-        series.append({"label": f"segfuse {mode}", "minutes": minutes, "dice": dice, "style": "-o"})
+        # a rerun is stored as train_hippocampus_<mode>_<tag>.json and labelled with its tag
+        tag = path.stem.removeprefix("train_hippocampus_").removeprefix(mode.lower()).strip("_")
+        label = f"segfuse {mode}" + (f" ({tag})" if tag else "")
+        series.append({"label": label, "minutes": minutes, "dice": dice, "style": "-o"})
     for path in sorted(results.glob("peers_*.json")):
         data = json.loads(path.read_text())
         minutes, dice = _peer_series(data)
