@@ -121,6 +121,14 @@ def log(msg: str) -> None:
     print(f"[gpu.py {_elapsed():7.1f}s] {msg}", flush=True)
 
 
+def _failure(label: str, exc: BaseException, device: torch.device, **fields: Any) -> dict[str, Any]:
+    """A failed step's record (``fields`` + error + traceback), logged; frees cached GPU memory."""
+    log(f"{label}: FAILED {exc!r}")
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {**fields, "error": repr(exc), "traceback": traceback.format_exc()}
+
+
 def _write(results: dict[str, Any], out: Path) -> None:
     results["wall_s_so_far"] = round(_elapsed(), 2)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -439,10 +447,7 @@ def inference(device: torch.device, args: argparse.Namespace, budget: Budget, re
                 f"warm-up {row['warmup_s']} s, peak {row['peak_gpu_mib']} MiB"
             )
         except Exception as exc:
-            sec["methods"][name] = {"error": repr(exc), "traceback": traceback.format_exc()}
-            log(f"inference {name}: FAILED {exc!r}")
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            sec["methods"][name] = _failure(f"inference {name}", exc, device)
         _write(results, out)
     # one correctness check on the outputs' shapes (outside the timings)
     if budget.left() > args.min_phase_s:
@@ -524,8 +529,7 @@ def training_speed(device: torch.device, args: argparse.Namespace, budget: Budge
             log(f"training speed {method}: {1 / median:.2f} it/s, peak {_peak_mib(device)} MiB")
             del model, step_loss, optimizer
         except Exception as exc:
-            sec["methods"][method] = {"error": repr(exc), "traceback": traceback.format_exc()}
-            log(f"training speed {method}: FAILED {exc!r}")
+            sec["methods"][method] = _failure(f"training speed {method}", exc, device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
         _write(results, out)
@@ -626,9 +630,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"val Dice {row['val_mean_dice']}"
             )
         except Exception as exc:
-            row = {"batch_size": batch, "num_workers": workers, "error": repr(exc),
-                   "traceback": traceback.format_exc()}
-            log(f"{name}: FAILED {exc!r}")
+            row = _failure(name, exc, device, batch_size=batch, num_workers=workers)
         results["training"].append(row)
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -637,14 +639,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inference(device, args, budget, results, out)
     except Exception as exc:
-        results.setdefault("inference", {})["error"] = repr(exc)
-        results["inference"]["traceback"] = traceback.format_exc()
-        log(f"inference: FAILED {exc!r}")
+        results.setdefault("inference", {}).update(_failure("inference", exc, device))
     try:
         training_speed(device, args, budget, results, out)
     except Exception as exc:
-        results["training_speed"] = {"error": repr(exc), "traceback": traceback.format_exc()}
-        log(f"training speed: FAILED {exc!r}")
+        results["training_speed"] = _failure("training speed", exc, device)
     results["peak_rss_mib"] = _rss_peak_mib()
     results["total_wall_s"] = round(_elapsed(), 2)
     _write(results, out)
