@@ -211,11 +211,11 @@ def test_train_warns_when_the_budget_fits_few_iterations(tmp_path, caplog):
     cfg = load_config(
         REPO / "configs" / "debug.yaml",
         [f"experiment.output_dir={tmp_path}", "training.iterations=100000", "training.iterations_per_epoch=100000",
-         "training.max_minutes=0.02", "training.schedule=time", "training.val_every=0"],
+         "training.max_minutes=0.1", "training.schedule=time", "training.val_every=0"],
     )
     with caplog.at_level(logging.WARNING, logger="segfuse.train"):
         result = train(cfg, progress=False)
     assert result.iteration < MIN_USEFUL_ITERATIONS
     warnings = [r.getMessage() for r in caplog.records if "fits about" in r.getMessage()]
     assert len(warnings) == 1
-    assert "training.max_minutes=0.02" in warnings[0] and "training.patch_size" in warnings[0]
+    assert "training.max_minutes=0.1" in warnings[0] and "training.patch_size" in warnings[0]
