@@ -26,7 +26,9 @@ The rule ("progress" in a budget of ``B`` minutes of optimisation time):
 4. **2.5D batch** — :data:`SLICE_PIXELS_PER_BATCH` in-plane pixels (16 slices of
    64 × 64; 16 for the hippocampus's 48 × 64, 8 for BraTS-sized planes), between
    8 and 32 slices, halved (not below 8) while it falls short of the bar.
-5. **GPU** — the same rule picks the mode; then the batch doubles while samples
+5. **GPU** — the patch first tries twice the object extent (:data:`CONTEXT_GPU`,
+   still capped by the case shape) and keeps it when it passes rule 3 and fits in
+   memory; the same rule picks the mode; then the batch doubles while samples
    per second still rise by :data:`GPU_BUSY_GAIN` (the device is not yet busy),
    the iterations stay above the bar, and the measured memory fits in
    :data:`GPU_MEMORY_FRACTION` of the free GPU memory (``torch.cuda.mem_get_info``).
@@ -69,6 +71,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_MINUTES = 30.0
 MIN_ITERATIONS = 1000
 CONTEXT = 1.5
+#: on a GPU the patch starts with twice the object extent (more context), if its memory allows
+CONTEXT_GPU = 2.0
 MIN_PATCH_EDGE = 32
 SLICE_PIXELS_PER_BATCH = 16 * 64 * 64
 SLICE_BATCH_RANGE = (8, 32)
@@ -150,6 +154,10 @@ class Measured:
                  if t.device == "cpu" else how and f" ({how[2:]})")
         return (f"{self.candidate.describe()}: {_fmt_seconds(self.seconds_per_iteration)}/iteration{parts} "
                 f"-> {self.iterations:,} iterations; {memory:.2f} GiB{over}")
+
+
+def _minutes(minutes: float) -> str:
+    return f"{minutes:g} minute" + ("" if minutes == 1 else "s")
 
 
 def _fmt_seconds(seconds: float) -> str:
@@ -347,7 +355,12 @@ def choose_training(
     patch2, depth2 = patch_for(report, (0, 1))
     best3 = best2 = None
     if mode in ("auto", "3d"):
-        best3 = measure(Candidate("3d", patch3, BATCH_3D, WIDTHS_3D[0], depth3))
+        if device == "cuda":  # rule 5: a larger patch first, when the GPU's memory takes it
+            wide, wide_depth = patch_for(report, (0, 1, 2), CONTEXT_GPU)
+            if wide != patch3:
+                best3 = measure(Candidate("3d", wide, BATCH_3D, WIDTHS_3D[0], wide_depth))
+                best3 = best3 if good(best3) else None
+        best3 = best3 or measure(Candidate("3d", patch3, BATCH_3D, WIDTHS_3D[0], depth3))
     if mode in ("auto", "2d"):
         best2 = measure(Candidate("2.5d", patch2, slice_batch(patch2), 1.0, depth2))
     if best3 is not None and not good(best3):
@@ -370,19 +383,19 @@ def choose_training(
     bar = f"{min_iterations:,}"
     if best3 is not None and (good(best3) or best2 is None):
         chosen = best3
-        reason = (f"3D runs {m3} iterations in {minutes:g} minutes here (at least {bar} wanted; full 3D context); "
+        reason = (f"3D runs {m3} iterations in {_minutes(minutes)} here (at least {bar} wanted; full 3D context); "
                   f"2.5D would run {m2}" if mode == "auto" else f"3D asked for (--mode 3d): {m3} iterations")
     elif best2 is not None and (good(best2) or best3 is None or best2.iterations >= best3.iterations):
         chosen = best2
-        reason = (f"3D would run {m3} iterations in {minutes:g} minutes here (fewer than {bar}"
+        reason = (f"3D would run {m3} iterations in {_minutes(minutes)} here (fewer than {bar}"
                   + ("" if best3 is None or best3.fits_memory else ", or over the memory limit")
                   + f"); 2.5D runs {m2}" if mode == "auto" else f"2.5D asked for (--mode 2d): {m2} iterations")
     else:
         chosen = best3
-        reason = f"3D runs {m3} iterations in {minutes:g} minutes here, more than 2.5D ({m2})"
+        reason = f"3D runs {m3} iterations in {_minutes(minutes)} here, more than 2.5D ({m2})"
     if chosen.iterations < min_iterations:
         warnings.append(
-            f"only about {chosen.iterations:,} iterations fit in {minutes:g} minutes on this machine (fewer than "
+            f"only about {chosen.iterations:,} iterations fit in {_minutes(minutes)} on this machine (fewer than "
             f"{bar}); give it more time (--minutes), or a faster machine"
         )
     if not chosen.fits_memory:
@@ -509,7 +522,9 @@ def plan_for_budget(
         memory_budget_gb=memory_budget_gb if resolved == "cpu" else None,
         timing_seconds=timing_seconds, min_iterations=min_iterations, in_channels=_primary_channels(cfg),
     )
-    cfg.experiment.name = f"{Path(report.dataset).stem}_{'3d' if cfg.model.mode == '3d' else '2_5d'}"
+    source_path = Path(report.dataset)
+    stem = source_path.parent.name if source_path.stem in ("dataset", "manifest") else source_path.stem
+    cfg.experiment.name = f"{stem}_{'3d' if cfg.model.mode == '3d' else '2_5d'}"
     if out is not None:
         write_plan(cfg, Path(out), report.dataset, notes=budget.notes(), key_comments=key_comments(cfg, budget))
     return cfg, report, budget
