@@ -50,24 +50,39 @@ def _plan_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--aux", nargs="*", default=None, metavar="NAME", help="auxiliary modalities (default: all the others)"
     )
-    parser.add_argument("--mode", choices=("2d", "3d"), default="3d", help="train on 2D slices or 3D patches")
-    parser.add_argument("--memory-gb", type=float, default=4.0, help="training memory budget in GiB (default: 4)")
+    parser.add_argument(
+        "--mode", choices=("auto", "2d", "3d"), default="auto",
+        help="auto: what trains best in the budget here (3D, or 2.5D slices for large volumes); 2d: 2.5D slices",
+    )
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                        help="the device to plan (and time) for; auto: a GPU if torch sees one")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="training-time budget in minutes (default: 30); sets training.max_minutes")
+    parser.add_argument("--memory-gb", type=float, default=4.0,
+                        help="CPU training memory limit in GiB (default: 4; on a GPU its free memory decides)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _plan_run(args: argparse.Namespace) -> int:
-    from segfuse.data.plan import plan_dataset
+    from segfuse.training.budget import plan_for_budget
 
-    _, report = plan_dataset(
+    _, report, budget = plan_for_budget(
         args.dataset,
         primary=args.primary,
         aux=args.aux,
+        device=args.device,
+        minutes=args.minutes,
         mode=args.mode,
         memory_budget_gb=args.memory_gb,
         out=args.out,
         progress=not args.no_progress,
     )
     print(report.table())
+    rows = budget.lines()
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k.ljust(width)}  {v}" for k, v in rows))
+    for warning in budget.warnings:
+        print(f"WARNING: {warning}")
     print(f"wrote {args.out}; edit it, then run: segfuse train --config {args.out}")
     return 0
 
@@ -266,7 +281,7 @@ VERBS: dict[str, Verb] = {
         run=_demo_run,
     ),
     "plan": Verb(
-        help="fingerprint a dataset and write an editable plan: spacing, patch, batch, normalisation, aux scales",
+        help="fingerprint a dataset, time candidate settings here and write an editable plan for a time budget",
         add_arguments=_plan_arguments,
         run=_plan_run,
     ),

@@ -14,7 +14,9 @@ training run needs to know about it:
   MR (z-score per case, no dataset statistics);
 * **auxiliary scales**: median auxiliary spacing / target spacing per axis,
   rounded to an integer (a warning when rounding moves it by more than 10 %);
-* **labels**: the values found against the declared ones.
+* **labels**: the values found against the declared ones;
+* **object extent**: the median extent of the labelled region (target voxels per
+  canonical axis), which :mod:`segfuse.training.budget` sizes patches from.
 
 It checks every case (label on its image's grid; every auxiliary covering the
 primary's field of view) and reports all failing cases in one
@@ -115,6 +117,10 @@ class PlanReport:
     labels_declared: dict[int, str]
     labels_found: list[int]
     norms: dict[str, str]
+    # median per-axis extent (target voxels, canonical x, y, z) of the labelled region
+    # over the cases that have one; None when no case has foreground
+    object_extent: tuple[float, ...] | None = None
+    total_voxels: float = 0.0  # voxels of every case on the target grid
 
     def min_overlap(self, name: str) -> tuple[float, str] | None:
         """``(smallest overlap fraction, case id)`` of auxiliary ``name``, or ``None``."""
@@ -134,6 +140,8 @@ class PlanReport:
             ("spacing range (mm)", spacing_range),
             ("target spacing (mm)", _fmt_tuple(self.target_spacing, ".4g")),
             ("median shape (target)", _fmt_tuple(self.median_shape)),
+            ("median object extent", "none labelled" if self.object_extent is None
+             else _fmt_tuple(self.object_extent, ".0f")),
             ("patch size", _fmt_tuple(self.patch_size)),
             ("batch size", str(self.batch_size)),
             ("encoder depth", str(self.encoder_depth)),
@@ -321,6 +329,26 @@ class _Seen:
     canonical_affine: np.ndarray
     canonical_shape: tuple[int, ...]
     aux: dict[str, tuple[np.ndarray, tuple[int, int, int]]]
+    extent_mm: tuple[float, ...] | None = None  # labelled region's extent, canonical axes
+
+
+def _foreground_extent_mm(label: np.ndarray, affine: np.ndarray) -> tuple[float, ...] | None:
+    """Extent in mm of ``label > 0``'s bounding box along canonical (RAS) axes, or ``None``.
+
+    Each voxel axis's box length times its spacing is assigned to the canonical
+    axis it maps to (:func:`canonical_grid`'s permutation); exact for axis-aligned
+    grids, an approximation for oblique ones.
+    """
+    mask = label > 0
+    if not mask.any():
+        return None
+    spacing = spacing_from_affine(affine)
+    ornt = nib.orientations.io_orientation(affine)
+    extent = [0.0, 0.0, 0.0]
+    for axis in range(3):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+        extent[int(ornt[axis, 0])] = float(hit[-1] - hit[0] + 1) * float(spacing[axis])
+    return tuple(extent)
 
 
 def _is_ct(name: str) -> bool:
@@ -446,7 +474,8 @@ def plan_dataset(
             problems.append(f"{case.case_id}: {err}")
             continue
         canonical_affine, canonical_shape = canonical_grid(affine, shape)
-        seen.append(_Seen(case, affine, shape, canonical_affine, canonical_shape, aux_geometry))
+        extent = _foreground_extent_mm(compact, affine)
+        seen.append(_Seen(case, affine, shape, canonical_affine, canonical_shape, aux_geometry, extent))
     if problems:
         raise SegfuseInputError(f"{root}: {len(problems)} cases failed the plan's checks:" + _listing(problems))
 
@@ -455,6 +484,8 @@ def plan_dataset(
     target = tuple(float(v) for v in np.median(spacings, axis=0))
     grids = [_network_grid(s.canonical_affine, s.canonical_shape, target) for s in seen]
     median_shape = tuple(int(v) for v in np.median(np.array([g[1] for g in grids]), axis=0))
+    extents = [np.asarray(s.extent_mm) / np.asarray(target) for s in seen if s.extent_mm is not None]
+    object_extent = tuple(float(v) for v in np.median(extents, axis=0)) if extents else None
 
     # Auxiliary scales from the median auxiliary spacing.
     aux_scales: dict[str, tuple[int, ...]] = {}
@@ -563,18 +594,49 @@ def plan_dataset(
             name: cfg.data.aux[name].norm.kind if name in cfg.data.aux else cfg.data.primary_norm.kind
             for name in [dataset.primary_name, *dataset.aux_names]
         },
+        object_extent=object_extent,
+        total_voxels=total_voxels,
     )
     if out is not None:
         write_plan(cfg, Path(out), root)
     return cfg, report
 
 
-def write_plan(cfg: Config, out: Path, dataset: Path | str) -> Path:
-    """Write ``cfg`` as YAML (what :func:`segfuse.config.save_config` writes) after a comment block."""
+def write_plan(
+    cfg: Config,
+    out: Path,
+    dataset: Path | str,
+    *,
+    notes: Sequence[str] = (),
+    key_comments: dict[str, str] | None = None,
+) -> Path:
+    """Write ``cfg`` as YAML (what :func:`segfuse.config.save_config` writes) after a comment block.
+
+    ``notes``: extra lines for the comment block (the measurements behind the
+    choice); ``key_comments``: ``{"training.batch_size": "why"}``, written as a
+    comment at the end of that key's line.
+    """
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = (
         f"# segfuse plan for {dataset}, {stamp}; edit freely\n"
         "# written by `segfuse plan`; train with `segfuse train --config <this file>`\n"
         "# data.dataset is absolute; a relative path is read relative to this file\n"
     )
-    return atomic_write_text(out, header + yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    header += "".join(f"# {line}\n" for line in notes)
+    body = yaml.safe_dump(cfg.to_dict(), sort_keys=False, default_flow_style=None)
+    return atomic_write_text(out, header + _comment_keys(body, key_comments or {}))
+
+
+def _comment_keys(text: str, comments: dict[str, str]) -> str:
+    """Append ``# comment`` to the lines of top-level ``section.key`` entries in YAML ``text``."""
+    lines, section = [], ""
+    for line in text.splitlines():
+        stripped = line.lstrip()
+        indent = len(line) - len(stripped)
+        key = stripped.split(":", 1)[0] if ":" in stripped and not stripped.startswith("- ") else None
+        if indent == 0 and key is not None:
+            section = key
+        elif indent == 2 and key is not None and f"{section}.{key}" in comments:
+            line = f"{line}  # {comments[f'{section}.{key}']}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"

@@ -45,6 +45,7 @@ from segfuse.io.errors import SegfuseInputError
 from segfuse.models.factory import build_model
 from segfuse.training.logging import RunLogger
 from segfuse.training.prefetch import BatchPrefetcher, iteration_rng, resolve_workers
+from segfuse.training.speed_check import SpeedCheck
 
 log = logging.getLogger("segfuse.train")
 
@@ -399,6 +400,7 @@ def train(
     def build(i: int) -> Batch:
         return _batch(padded, cfg, iteration_rng(cfg.experiment.seed, rank, i), margin, pin)
 
+    speed_check = SpeedCheck(cfg, enabled=is_main)  # warns when the speed leaves too few iterations
     with _signals(flag), BatchPrefetcher(build, start=iteration, workers=workers) as batches:
         while iteration < total:
             step_started = time.monotonic()
@@ -421,6 +423,7 @@ def train(
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             train_seconds += time.monotonic() - step_started
+            speed_check(iteration, train_seconds)
             running[0] += float(loss.detach())
             running[1] += 1
             bar.update(min(train_seconds, budget) - bar.n if by_time else 1)
