@@ -482,9 +482,13 @@ def build_store(
         aux_names = list(cfg.data.aux)
         records: dict[str, dict[str, Any]] = {}
         jobs: list[_Job] = []
+        known = manifest.get("cases", {})
         for case in cases:
             inputs = input_stats(case, aux_names)
-            record = _read_record(cases_dir / folder_name(case.case_id))
+            folder = cases_dir / folder_name(case.case_id)
+            record = known.get(case.case_id)
+            if record is None or record["inputs"] != inputs or not (folder / RECORD).is_file():
+                record = _read_record(folder)  # the case's own record is the authority; the manifest a summary
             if record is not None and record.get("digest") == digest and record.get("case_id") == case.case_id:
                 if record["inputs"] == inputs:
                     records[case.case_id] = record
