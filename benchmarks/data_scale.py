@@ -16,9 +16,9 @@ with a head-shaped foreground (scalp, skull, brain, a tumour), a FLAIR on the
 - bytes on disk per case: the store against the raw ``.nii.gz`` files.
 
 The old in-memory path is commit ``98fe8fa`` (before the store), checked out with
-``git worktree add --detach`` into the output folder and run the same way (its
-``train`` prepares every case in memory first), for N up to ``--old-max-n``
-(default 100).
+``git worktree add --detach`` into the output folder (removed again at the end)
+and run the same way (its ``train`` prepares every case in memory first), for N up
+to ``--old-max-n`` (default 100).
 
 Disk: the raw cases take about 5 MB each; a store case about 47 MB (float32
 primary, uncropped: see ``docs/benchmarks.md``), so N = 400 needs about 22 GB free.
@@ -329,7 +329,12 @@ def main(argv: list[str] | None = None) -> int:
           flush=True)
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env["PYTHONPATH"] = str(ROOT)
-    rows = [bench_n(n, data, out, args, env) for n in counts]
+    try:
+        rows = [bench_n(n, data, out, args, env) for n in counts]
+    finally:  # the old checkout is registered in the repository's worktree list: take it out again
+        old = out / f"segfuse_{OLD_COMMIT}"
+        if old.exists():
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old)], capture_output=True)
     print("\n" + table(rows))
     report = {
         "benchmark": "benchmarks/data_scale.py (issue 11)",
