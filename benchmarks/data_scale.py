@@ -20,9 +20,10 @@ The old in-memory path is commit ``98fe8fa`` (before the store), checked out wit
 and run the same way (its ``train`` prepares every case in memory first), for N up
 to ``--old-max-n`` (default 100).
 
-Disk: the raw cases take about 5 MB each; a store case about 47 MB (float32
-primary, uncropped: see ``docs/benchmarks.md``), so N = 400 needs about 22 GB free.
-The script checks the free space first. Linux only (``/proc``).
+Disk: a raw case takes about 3.3 MB of ``.nii.gz`` (a real BraTS 2018 T1 + 2×2×4
+FLAIR + label: 4.1 MB) and about 5 s to make, once; a store case about 47 MB
+(float32 primary, uncropped: see ``docs/benchmarks.md``), so N = 400 needs about
+22 GB free. The script checks the free space first. Linux only (``/proc``).
 
 Usage::
 
@@ -81,10 +82,11 @@ def make_case(folder: Path, index: int, shape: tuple[int, int, int]) -> None:
     t1[head < 0.94] = 900  # skull
     t1[head < 0.88] = 600  # brain
     t1[tumour & (head < 0.88)] = 450
-    t1 += (head < 1.0) * rng.normal(0, 25, shape).astype(np.float32)
+    t1 += (head < 1.0) * rng.standard_normal(shape, dtype=np.float32) * 25
     label = (tumour & (head < 0.88)).astype(np.uint8)
     flair_full = np.where(head < 0.88, 500.0, np.where(head < 1.0, 200.0, 0.0)).astype(np.float32)
     flair_full[label > 0] = 1100
+    flair_full += (head < 1.0) * rng.standard_normal(shape, dtype=np.float32) * 60  # pooled: about 15 per voxel
     flair = torch.nn.functional.avg_pool3d(torch.from_numpy(flair_full)[None, None], SCALE, ceil_mode=True)[0, 0]
     aux_affine, _ = aux_grid(affine, shape, SCALE)
     folder.mkdir(parents=True, exist_ok=True)
