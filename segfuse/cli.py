@@ -87,6 +87,33 @@ def _plan_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- preprocess
+
+
+def _preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, required=True, help="run config YAML (the one you will train with)")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. data.store=/scratch/store"
+    )
+    parser.add_argument(
+        "-j", "--workers", type=int, default=None,
+        help="processes preparing cases (default: 1 for a small dataset, else the cores, at most 8)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _preprocess_run(args: argparse.Namespace) -> int:
+    from segfuse.config import load_config
+    from segfuse.data.store import preprocess
+
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"-j/--workers must be at least 1, got {args.workers}")
+    cfg = load_config(args.config, args.overrides)
+    _, report = preprocess(cfg, workers=args.workers, progress=not args.no_progress)
+    print(report.summary())
+    return 0
+
+
 # ------------------------------------------------------------------ evaluate
 
 
@@ -284,6 +311,11 @@ VERBS: dict[str, Verb] = {
         help="fingerprint a dataset, time candidate settings here and write an editable plan for a time budget",
         add_arguments=_plan_arguments,
         run=_plan_run,
+    ),
+    "preprocess": Verb(
+        help="prepare every case once into the preprocessed store that train reads (-j N processes)",
+        add_arguments=_preprocess_arguments,
+        run=_preprocess_run,
     ),
     "train": Verb(
         help="train a FusionUNet from a run config; --resume continues an interrupted run",

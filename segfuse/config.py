@@ -70,8 +70,10 @@ class AuxSpec:
 class DataConfig:
     """Which dataset, which inputs, and the preprocessing every case goes through.
 
-    Every case is prepared once, before training, and held in memory (a BraTS case
-    cropped to the head is about 20 MB), so no epoch repeats the resampling.
+    Every case is prepared once and written to the preprocessed store
+    (:mod:`segfuse.data.store`; ``segfuse preprocess``, or ``segfuse train`` when it
+    is missing), which training reads lazily. ``store``: its folder (default
+    ``<experiment.output_dir>/preprocessed/<hash of the preprocessing keys>``).
     """
 
     dataset: str = ""
@@ -84,6 +86,7 @@ class DataConfig:
     val_cases: list[str] | None = None
     split_seed: int = 0
     crop_to_nonzero: bool = True
+    store: str | None = None
 
 
 @dataclass

@@ -27,7 +27,7 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 def _train(config: Path, out: Path, *overrides: str) -> Path:
     args = ["train", "--config", str(config), f"experiment.output_dir={out}", *overrides, "--no-progress"]
     assert main(args) == 0
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    (run,) = [p for p in out.iterdir() if p.is_dir() and p.name != "preprocessed"]  # the store sits beside runs
     assert (run / "checkpoint_last.pt").is_file()
     return run
 

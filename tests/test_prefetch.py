@@ -1,7 +1,8 @@
-"""Batch prefetching: order, errors, shutdown (training with workers: tests/test_training.py)."""
+"""Batch prefetching in worker processes: order, errors, shutdown (training with workers: tests/test_training.py)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import threading
 import time
 
@@ -46,7 +47,9 @@ def test_an_error_building_a_batch_is_raised_for_that_batch():
 def test_close_leaves_no_worker_threads_behind():
     with BatchPrefetcher(_slow_build, start=0, workers=3, depth=6) as batches:
         batches.next()
+        assert len(multiprocessing.active_children()) == 3  # the workers are processes
     assert not [t for t in threading.enumerate() if t.name.startswith("segfuse-batch")]
+    assert not multiprocessing.active_children()
 
 
 def test_resolve_workers():

@@ -17,7 +17,6 @@ import yaml
 
 from segfuse.config import config_from_dict, load_config
 from segfuse.data.preprocess import scales_lcm
-from segfuse.data.sampling import pad_case
 from segfuse.io.checkpoint import load_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.geometry import aux_grid
@@ -168,6 +167,11 @@ def test_two_process_gloo_training(manifest, tmp_path):
     assert "rank 0 world 2 iteration 2" in proc.stdout and "rank 1 world 2 iteration 2" in proc.stdout
     state = load_checkpoint(tmp_path / "tiny" / "checkpoint_last.pt")
     assert state["iteration"] == 2 and isinstance(state["rng"], list) and len(state["rng"]) == 2
+    # both ranks read one preprocessed store: one folder, each case once, no copy anywhere else
+    (store,) = (tmp_path / "preprocessed").iterdir()
+    assert sorted(p.name for p in (store / "cases").iterdir()) == [f"case{i}" for i in range(5)]
+    arrays = sorted(tmp_path.rglob("primary.npy"))
+    assert arrays == [store / "cases" / f"case{i}" / "primary.npy" for i in range(5)]
 
 
 def test_training_with_workers_is_bit_identical_to_training_without(manifest, tmp_path):
@@ -191,7 +195,7 @@ def test_batches_differ_between_iterations(manifest):
     train_cases, _, cfg = loop.load_cases(cfg, progress=False)
     scales = {k: tuple(v.scale) for k, v in cfg.data.aux.items()}
     margin = loop._margin(cfg, scales_lcm(scales))
-    padded = [pad_case(c, scales, cfg.training.patch_size, margin) for c in train_cases]
+    padded = [c.padded(scales, cfg.training.patch_size, margin) for c in train_cases]
     x0 = loop._batch(padded, cfg, iteration_rng(3, 0, 0), margin, pin=False)[0]
     x1 = loop._batch(padded, cfg, iteration_rng(3, 0, 1), margin, pin=False)[0]
     again = loop._batch(padded, cfg, iteration_rng(3, 0, 0), margin, pin=False)[0]

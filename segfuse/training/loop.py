@@ -6,12 +6,15 @@ AMP on CUDA, validation with sliding-window inference and MONAI's DiceMetric,
 ``checkpoint_best.pt`` and ``checkpoint_last.pt``, and a run folder with the
 resolved config, ``metrics.csv``, TensorBoard events and ``training_curve.png``.
 
+Cases come from the preprocessed store (:mod:`segfuse.data.store`), built or
+updated on the first call and shared by every DDP rank; patches are read from its
+memory-mapped files, so no process holds the dataset.
 Checkpoints hold weights, config, optimizer, scheduler, scaler and torch's RNG
 states; each iteration's batch is drawn from its own generator, seeded by
 (seed, rank, iteration), so ``train(..., resume=True)`` continues an interrupted
 run with the batches the uninterrupted run would have drawn; on CPU with
 ``experiment.deterministic`` the result is bit-identical. Batches are built
-``training.num_workers`` threads ahead of the optimiser (:mod:`segfuse.training.prefetch`);
+``training.num_workers`` processes ahead of the optimiser (:mod:`segfuse.training.prefetch`);
 the count changes speed, never the batches.
 Ctrl-C or SIGTERM saves a checkpoint and returns cleanly. Under ``torchrun``
 each process trains on its own samples with DistributedDataParallel (NCCL on
@@ -20,6 +23,7 @@ GPU, gloo on CPU); rank 0 alone validates, logs and writes.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -37,14 +41,16 @@ from tqdm import tqdm
 
 from segfuse.config import Config, config_from_dict, save_config
 from segfuse.data.layouts import read_dataset, split_cases
-from segfuse.data.preprocess import PreparedCase, crop_to_nonzero, prepare_case, preprocessing_from_config, scales_lcm
-from segfuse.data.sampling import PaddedCase, pad_case, sample_patch
+from segfuse.data.preprocess import PreparedCase, scales_lcm
+from segfuse.data.sampling import PaddedCase, sample_patch
+from segfuse.data.store import StoredCase
 from segfuse.inference.engine import predict_prepared
 from segfuse.io.checkpoint import load_checkpoint, save_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.models.factory import build_model
 from segfuse.training.logging import RunLogger
 from segfuse.training.prefetch import BatchPrefetcher, iteration_rng, resolve_workers
+from segfuse.training.shared_store import shared_store
 from segfuse.training.speed_check import SpeedCheck
 
 log = logging.getLogger("segfuse.train")
@@ -123,8 +129,8 @@ def _margin(cfg: Config, lcm: tuple[int, ...]) -> list[int]:
     return [math.ceil(p * 0.125 / s) * s for p, s in zip(cfg.training.patch_size, steps, strict=True)]
 
 
-def load_cases(cfg: Config, progress: bool, rank: int = 0) -> tuple[list[PreparedCase], list[PreparedCase], Config]:
-    """Read the dataset, fill in labels, split, and prepare every case (cached in memory)."""
+def load_cases(cfg: Config, progress: bool, rank: int = 0) -> tuple[list[StoredCase], list[StoredCase], Config]:
+    """Read the dataset, fill in labels, split, and have every case in the preprocessed store (built when missing)."""
     dataset = read_dataset(cfg.data.dataset, primary=cfg.data.primary, aux=list(cfg.data.aux))
     if not cfg.data.labels:
         cfg.data.labels = dict(dataset.labels)
@@ -142,16 +148,8 @@ def load_cases(cfg: Config, progress: bool, rank: int = 0) -> tuple[list[Prepare
         train_cases, val_cases = split_cases(cases, cfg.data.val_fraction, cfg.data.split_seed)
     if cfg.training.val_every == 0:
         val_cases = []  # held out of training, never validated: no need to prepare them
-    spec = preprocessing_from_config(cfg)
-    scales = spec.aux_scales
-    prepared = []
-    bar = tqdm(train_cases + val_cases, desc="preparing cases", disable=not progress or rank != 0, unit="case")
-    for case in bar:
-        p = prepare_case(case, spec)
-        prepared.append(crop_to_nonzero(p, scales) if cfg.data.crop_to_nonzero else p)
-    for p in prepared:
-        p.source = None  # the raw volume is not needed for training; free it
-    return prepared[: len(train_cases)], prepared[len(train_cases) :], cfg
+    store = shared_store(cfg, dataset.cases, progress, rank)  # the whole dataset: one store for every split
+    return [store.cases[c.case_id] for c in train_cases], [store.cases[c.case_id] for c in val_cases], cfg
 
 
 # -- the loop -----------------------------------------------------------------------------
@@ -160,7 +158,9 @@ def load_cases(cfg: Config, progress: bool, rank: int = 0) -> tuple[list[Prepare
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
 
 
-def _batch(cases: list[PaddedCase], cfg: Config, rng: np.random.Generator, margin: list[int], pin: bool) -> Batch:
+def _batch(
+    cases: list[PaddedCase], cfg: Config, rng: np.random.Generator, margin: list[int], pin: bool = False
+) -> Batch:
     """One training batch on the CPU, drawn with ``rng``.
 
     Returns ``(primary (B, C, *patch), {aux: (B, C_a, *patch / scale)}, {aux: present (B,)},
@@ -190,6 +190,11 @@ def _batch(cases: list[PaddedCase], cfg: Config, rng: np.random.Generator, margi
     return stack("primary"), aux, present, stack("label")
 
 
+def _iteration_batch(cases: list[PaddedCase], cfg: Config, margin: list[int], seed: int, rank: int, i: int) -> Batch:
+    """The batch of iteration ``i`` (module level, so batch-building processes can be handed it)."""
+    return _batch(cases, cfg, iteration_rng(seed, rank, i), margin)
+
+
 def _to_device(batch: Batch, device: torch.device) -> Batch:
     """``batch`` on ``device``; copies to a GPU are asynchronous (from pinned memory)."""
     x, aux, present, y = batch
@@ -201,8 +206,13 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return move(x), {k: move(v) for k, v in aux.items()}, {k: move(v) for k, v in present.items()}, move(y)
 
 
-def validate(model: torch.nn.Module, cfg: Config, cases: list[PreparedCase], device: torch.device) -> dict[str, float]:
-    """Mean Dice per foreground class over ``cases`` (sliding-window inference, MONAI DiceMetric)."""
+def validate(
+    model: torch.nn.Module, cfg: Config, cases: list[PreparedCase | StoredCase], device: torch.device
+) -> dict[str, float]:
+    """Mean Dice per foreground class over ``cases`` (sliding-window inference, MONAI DiceMetric).
+
+    A stored case is read from the store when its turn comes, so one case at a time is in memory.
+    """
     # MONAI's functional Dice: its DiceMetric class would all-gather across ranks,
     # and only rank 0 validates.
     from monai.metrics import compute_dice
@@ -212,6 +222,8 @@ def validate(model: torch.nn.Module, cfg: Config, cases: list[PreparedCase], dev
     model.eval()
     scores = []
     for case in cases:
+        if isinstance(case, StoredCase):
+            case = case.load()
         probabilities = predict_prepared(model, cfg, case, device=device, mirror_axes=[])
         pred = probabilities.argmax(0)[None, None]
         ref = torch.from_numpy(case.label.astype(np.int64))[None, None]
@@ -318,13 +330,14 @@ def train(
     scales = {name: tuple(spec.scale) for name, spec in cfg.data.aux.items()}
     lcm = scales_lcm(scales)
     margin = _margin(cfg, lcm)
+    # views over the store's memory-mapped files, padded per window (no copies)
     if cfg.spatial_dims == 3:
-        padded = [pad_case(c, scales, cfg.training.patch_size, margin) for c in train_cases]
+        padded = [c.padded(scales, cfg.training.patch_size, margin) for c in train_cases]
     else:
         plane_patch = [*cfg.training.patch_size, lcm[2]]
-        padded = [pad_case(c, scales, plane_patch, [*margin, 0]) for c in train_cases]
+        padded = [c.padded(scales, plane_patch, [*margin, 0]) for c in train_cases]
 
-    in_channels = train_cases[0].primary.shape[0]
+    in_channels = train_cases[0].channels
     model = build_model(cfg, in_channels=in_channels).to(device)
     optimizer = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
@@ -397,11 +410,9 @@ def train(
     pin = device.type == "cuda"
     workers = resolve_workers(cfg.training.num_workers, device.type)
 
-    def build(i: int) -> Batch:
-        return _batch(padded, cfg, iteration_rng(cfg.experiment.seed, rank, i), margin, pin)
-
+    build = functools.partial(_iteration_batch, padded, cfg, margin, cfg.experiment.seed, rank)
     speed_check = SpeedCheck(cfg, enabled=is_main)  # warns when the speed leaves too few iterations
-    with _signals(flag), BatchPrefetcher(build, start=iteration, workers=workers) as batches:
+    with _signals(flag), BatchPrefetcher(build, start=iteration, workers=workers, pin=pin) as batches:
         while iteration < total:
             step_started = time.monotonic()
             if by_time:
