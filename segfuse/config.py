@@ -72,12 +72,20 @@ class DataConfig:
 
     Every case is prepared once, before training, and held in memory (a BraTS case
     cropped to the head is about 20 MB), so no epoch repeats the resampling.
+
+    ``regions`` (optional): region name → label values, broadest first, e.g.
+    ``{whole_tumour: [1, 2, 4], tumour_core: [1, 4], enhancing_tumour: [4]}``. With
+    regions the network has one sigmoid output per region, trained on multi-hot
+    targets, validated and evaluated per region, and written back as a label map
+    by painting the regions in order (:mod:`segfuse.data.regions`); ``null``
+    (the default) trains one softmax class per label.
     """
 
     dataset: str = ""
     primary: str | None = None
     aux: dict[str, AuxSpec] = field(default_factory=dict)
     labels: dict[int, str] = field(default_factory=dict)
+    regions: dict[str, list[int]] | None = None
     target_spacing: list[float] | None = None
     primary_norm: ModalityNorm = field(default_factory=ModalityNorm)
     val_fraction: float = 0.2
@@ -293,6 +301,10 @@ def validate(cfg: Config) -> Config:
             raise SegfuseInputError(f"config key data.aux.{name}.fusion: {spec.fusion!r} is not one of {FUSION_MODES}")
         if not 0.0 <= spec.dropout < 1.0:
             raise SegfuseInputError(f"config key data.aux.{name}.dropout: must be in [0, 1), got {spec.dropout}")
+    if cfg.data.regions is not None:
+        from segfuse.data.regions import check_regions
+
+        check_regions(cfg.data.regions, cfg.data.labels or None)
     for key, value in (("training.optimizer", cfg.training.optimizer),):
         if value not in ("adamw", "sgd"):
             raise SegfuseInputError(f"config key {key}: expected 'adamw' or 'sgd', got {value!r}")
