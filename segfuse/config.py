@@ -135,6 +135,9 @@ class TrainingConfig:
     without validation cases, ``checkpoint_best.pt`` is the last weights.
     ``num_workers`` threads build batches ahead of the optimiser (``null``: 0 on
     CPU, up to 8 beside a GPU); it changes speed, never which batches are drawn.
+    ``snapshots``: fractions of the run (of the time budget with ``schedule: time``,
+    else of the iterations), e.g. ``[0.5]``, at which a copy of the weights is kept
+    as ``checkpoint_050pct.pt``, to show how results move during training.
     """
 
     patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
@@ -156,6 +159,7 @@ class TrainingConfig:
     num_threads: int | None = None
     num_workers: int | None = None
     val_every: int = 1
+    snapshots: list[float] = field(default_factory=list)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -320,6 +324,10 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.training.val_every < 0:
         raise SegfuseInputError(f"config key training.val_every: must be >= 0 (0: never), got {cfg.training.val_every}")
+    if any(not 0.0 < f < 1.0 for f in cfg.training.snapshots):
+        raise SegfuseInputError(
+            f"config key training.snapshots: fractions of the run in (0, 1), got {cfg.training.snapshots}"
+        )
     if not 0.0 <= cfg.inference.overlap < 1.0:
         raise SegfuseInputError(f"config key inference.overlap: must be in [0, 1), got {cfg.inference.overlap}")
     if cfg.model.context_slices and dims == 3:

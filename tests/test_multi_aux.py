@@ -21,6 +21,7 @@ from segfuse.data.sampling import pad_case, sample_patch
 from segfuse.evaluation.ablate import ablate
 from segfuse.evaluation.evaluate import evaluate, reference_folder
 from segfuse.inference.predict import predict
+from segfuse.io.checkpoint import load_checkpoint
 from segfuse.io.geometry import aux_grid
 from segfuse.training.loop import train
 
@@ -208,10 +209,12 @@ def test_2d_mode_with_two_auxiliaries_and_regions(manifest, tmp_path):
     assert labels.shape == SHAPE and set(np.unique(labels).tolist()) <= {0, 1, 2, 4}
 
 
-def test_softmax_training_on_brats_label_values_without_regions(manifest, tmp_path):
+def test_softmax_training_on_brats_label_values_without_regions_and_a_snapshot(manifest, tmp_path):
     cfg = config_from_dict(config(manifest, tmp_path, regions=None))
-    cfg.training.iterations = 2
+    cfg.training.iterations = 4
+    cfg.training.snapshots = [0.5]
     result = train(cfg, progress=False)
+    assert load_checkpoint(result.run_dir / "checkpoint_050pct.pt")["iteration"] == 2  # training.snapshots
     assert {"val_dice_necrosis", "val_dice_oedema", "val_dice_enhancing"} <= set(result.history[-1])
     dataset = read_dataset(manifest, primary="t1ce", aux=["flair", "t2"])
     predict(result.run_dir / "checkpoint_last.pt", dataset.cases[:1], tmp_path / "preds", progress=False)

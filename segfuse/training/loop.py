@@ -408,6 +408,9 @@ def train(
     pin = device.type == "cuda"
     workers = resolve_workers(cfg.training.num_workers, device.type)
 
+    done_fraction = min(train_seconds / budget, 1.0) if by_time else iteration / max(1, total)
+    pending_snapshots = sorted(f for f in cfg.training.snapshots if f > done_fraction)
+
     def build(i: int) -> Batch:
         return _batch(padded, cfg, iteration_rng(cfg.experiment.seed, rank, i), margin, pin)
 
@@ -443,6 +446,11 @@ def train(
                 s_per_it=f"{train_seconds / max(1, iteration):.2f}",
             )
 
+            progress_done = min(train_seconds / budget, 1.0) if by_time else iteration / total
+            for fraction in pending_snapshots[:]:
+                if progress_done >= fraction:  # weights part-way through the run (training.snapshots)
+                    pending_snapshots.remove(fraction)
+                    checkpoint(f"checkpoint_{round(fraction * 100):03d}pct.pt", gather=False)
             epoch_end = iteration % cfg.training.iterations_per_epoch == 0 or iteration == total
             out_of_time = budget is not None and train_seconds > budget
             stop = flag.requested or out_of_time or (interrupt_at is not None and iteration >= interrupt_at)
