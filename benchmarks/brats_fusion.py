@@ -64,6 +64,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -143,10 +144,12 @@ def _tag(scale: tuple[int, ...]) -> str:
 
 
 def prepare(task: Task, data_dir: Path, scale: tuple[int, ...], subjects: list[tuple[str, Path]],
-            int16: bool = False) -> Path:
+            portable: bool = False) -> Path:
     """Low-resolution copies (made by code), whole-tumour masks and the task's manifest; returns it.
 
-    ``int16``: round the copies to int16 like their sources (smaller files to carry to a GPU machine).
+    ``portable`` (for a GPU machine without the shared data): the primary and label files are
+    copied beside the low-resolution copies, which are rounded to int16 like their sources, the
+    1 mm auxiliaries are left out, and the manifest's paths are relative to it (about 45 MB for task B).
     """
     import nibabel as nib
     import yaml
@@ -164,9 +167,10 @@ def prepare(task: Task, data_dir: Path, scale: tuple[int, ...], subjects: list[t
             low = _lowres_path(data_dir, case_id, modality, tag)
             if not low.is_file():
                 coarse = simulate_low_resolution(read_image(folder / f"{modality}.nii.gz"), scale)
-                array = np.rint(coarse.array).astype(np.int16) if int16 else coarse.array
+                array = np.rint(coarse.array).astype(np.int16) if portable else coarse.array
                 write_image(array, coarse, low, dtype=array.dtype)
-            aux[modality] = str(folder / f"{modality}.nii.gz")
+            if not portable:
+                aux[modality] = str(folder / f"{modality}.nii.gz")
             aux[f"{modality}_{tag}"] = str(low)
         if task.regions:
             label = folder / "seg.nii.gz"
@@ -178,8 +182,15 @@ def prepare(task: Task, data_dir: Path, scale: tuple[int, ...], subjects: list[t
                 seg = nib.load(folder / "seg.nii.gz")
                 mask = (np.asarray(seg.dataobj) > 0).astype(np.uint8)
                 nib.save(nib.Nifti1Image(mask, seg.affine, seg.header), label)
-        cases.append({"case_id": case_id, "primary": str(folder / f"{task.primary}.nii.gz"), "label": str(label),
-                      "aux": aux})
+        primary = folder / f"{task.primary}.nii.gz"
+        if portable:
+            for source in (primary, label):
+                if not (out / source.name).is_file():
+                    shutil.copyfile(source, out / source.name)
+            primary, label = out / primary.name, out / label.name
+            aux = {k: os.path.relpath(v, data_dir) for k, v in aux.items()}
+            primary, label = Path(os.path.relpath(primary, data_dir)), Path(os.path.relpath(label, data_dir))
+        cases.append({"case_id": case_id, "primary": str(primary), "label": str(label), "aux": aux})
     labels = {0: "background", 1: "necrosis", 2: "oedema", 4: "enhancing"} if task.regions else \
         {0: "background", 1: "whole_tumour"}
     manifest = data_dir / f"task_{task.key.lower()}.yaml"
@@ -206,19 +217,26 @@ def stacked(task: Task, manifest: Path, which: str, tag: str) -> Path:
     for case in tree["cases"]:
         path = manifest.parent / case["case_id"] / f"early_{task.key}_{which}_{tag}.nii.gz"
         if not path.is_file():
-            primary = nib.load(case["primary"])
+            primary = nib.load(manifest.parent / case["primary"])  # relative paths are relative to the manifest
             channels = [np.asarray(primary.dataobj, dtype=np.float32)]
             for name in names:
-                image = nib.load(case["aux"][name])
+                image = nib.load(manifest.parent / case["aux"][name])
                 data = np.asarray(image.dataobj, dtype=np.float32)
                 if image.shape != primary.shape:  # the thick-slice copy: upsample by physical coordinates
                     data = resample(data[None], image.affine, primary.affine, primary.shape, mode="bilinear")[0]
                 channels.append(data)
             nib.save(nib.Nifti1Image(np.stack(channels, axis=-1), primary.affine, primary.header), path)
-        cases.append({"case_id": case["case_id"], "primary": str(path), "label": case["label"]})
+        cases.append({"case_id": case["case_id"], "primary": str(path),
+                      "label": str(manifest.parent / case["label"])})
     out.write_text(yaml.safe_dump({"labels": tree["labels"], "primary_name": "+".join([task.primary, *names]),
                                    "cases": cases}, sort_keys=False))
     return out
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
 
 
 def folds_of(case_ids: list[str], k: int) -> list[list[str]]:
@@ -266,6 +284,8 @@ def run_config(job: dict[str, Any]) -> Any:
         tree["inference"].update(roi_size=[128, 128, 128], overlap=0.25, sw_batch_size=4)
     if not job["gpu"]:
         training.update(device="cpu", num_threads=job["threads"])
+    if job.get("quick"):  # a smoke run: fewer windows to predict
+        tree["inference"].update(overlap=0.0, sw_batch_size=16)
     return config_from_dict(tree)
 
 
@@ -559,6 +579,11 @@ def report(results: list[dict[str, Any]], memory: list[dict[str, Any]], snapshot
         if len(checkpoints) >= 2 and ranks[checkpoints[-2]]:
             same = [s for s, _ in ranks[checkpoints[-2]]] == [s for s, _ in ranks[checkpoints[-1]]]
             lines.append(f"- ranking {'unchanged' if same else 'CHANGED'} between {checkpoints[-2]} and final")
+        gpu = [r for r in results if r["task"] == task and r.get("gpu_peak_allocated_mib")]
+        if gpu:
+            lines += ["", "GPU: " + "; ".join(
+                f"{r['variant']} fold {r['fold']}: {r['gpu_peak_allocated_mib']:.0f} MiB peak allocated, "
+                f"{1 / r['seconds_per_iteration']:.1f} it/s, {r['iterations']} iterations" for r in gpu)]
         mem = [m for m in memory if m["task"] == task]
         if mem:
             lines += ["", "| variant | training-step peak MiB | step s (median) | parameters |", "|---|---:|---:|---:|"]
@@ -615,7 +640,9 @@ def main(argv: list[str] | None = None) -> int:
         out = run_one(job) if args.worker else step_memory(job)
         Path(job["result"]).write_text(json.dumps(out, default=float))
         return 0
-    if not all((SHARED / s).is_dir() for s in ("brats18_t1_flair", "brats19_multimodal")):
+    shared = all((SHARED / s).is_dir() for s in ("brats18_t1_flair", "brats19_multimodal"))
+    carried = args.gpu and (args.data_dir / "task_b.yaml").is_file()  # a GPU machine: data prepared and carried
+    if not shared and not carried:
         print(f"benchmark needs {SHARED}/brats18_t1_flair and brats19_multimodal", file=sys.stderr)
         return 2
     scale, tag = tuple(args.scale), _tag(tuple(args.scale))
@@ -630,11 +657,15 @@ def main(argv: list[str] | None = None) -> int:
     results, memory = [], []
     for key in tasks:
         task = TASKS[key]
-        subjects = _subjects(task)
-        if limit:
-            subjects = subjects[:: max(1, len(subjects) // limit)][:limit]
-        print(f"[brats_fusion] task {key}: preparing {len(subjects)} subjects in {args.data_dir}", flush=True)
-        manifest = prepare(task, args.data_dir, scale, subjects, int16=args.gpu)
+        if shared:
+            subjects = _subjects(task)
+            if limit:
+                subjects = subjects[:: max(1, len(subjects) // limit)][:limit]
+            print(f"[brats_fusion] task {key}: preparing {len(subjects)} subjects in {args.data_dir}", flush=True)
+            manifest = prepare(task, args.data_dir, scale, subjects, portable=args.gpu)
+        else:
+            manifest = args.data_dir / f"task_{key.lower()}.yaml"
+            subjects = [(c["case_id"], Path()) for c in _yaml(manifest)["cases"]]
         if args.prepare_only:
             continue
         variants = args.variants or (KEY_VARIANTS if args.gpu else
@@ -647,7 +678,8 @@ def main(argv: list[str] | None = None) -> int:
             base = {"task": key, "variant": variant, "mode": mode, "gpu": args.gpu, "scale": list(scale), "tag": tag,
                     "manifest": str(manifest), "early_manifest": str(early) if early else None,
                     "minutes": minutes, "snapshots": snapshots, "threads": args.threads, "out": str(out),
-                    "keep_checkpoints": args.keep_checkpoints, "val_cases": folds[0], "name": "memory", "fold": 0}
+                    "keep_checkpoints": args.keep_checkpoints, "val_cases": folds[0], "name": "memory", "fold": 0,
+                    "quick": args.quick}
             if variant != "segfuse_dropout" and not args.gpu:  # the dropout model's step is segfuse's
                 path = out / "results" / f"memory_{key}_{variant}.json"
                 if not path.is_file():
