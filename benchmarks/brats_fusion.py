@@ -671,6 +671,10 @@ def main(argv: list[str] | None = None) -> int:
         variants = args.variants or (KEY_VARIANTS if args.gpu else
                                      ("primary_only", "early_lowres", "segfuse_dropout") if args.quick
                                      else variants_of(task))
+        unknown = sorted(set(variants) - set(variants_of(task)))
+        if unknown:
+            print(f"task {key} has no variants {unknown}; it has {list(variants_of(task))}", file=sys.stderr)
+            return 2
         folds = folds_of([c for c, _ in subjects], len(subjects) if limit else args.folds)
         for variant in variants:
             early = stacked(task, manifest, variant.removeprefix("early_"), tag) if variant.startswith("early_") \
