@@ -79,3 +79,9 @@ def test_goal_three_and_four_can_be_missed():
     verdicts = {g["goal"]: g["verdict"] for g in bench.goals(results, memory)}
     assert verdicts[3] == "missed" and verdicts[4] == "missed"
     assert {g["goal"]: g["verdict"] for g in bench.goals(results[:4], [])}[4] == "not evaluated"
+
+
+def test_goal_three_says_when_it_is_partial():
+    results = [*_results(0.0), _run("B", "segfuse_dropout", {c: 0.8 for c in CASES}, settings=("all", "none"))]
+    verdict = {g["goal"]: g["verdict"] for g in bench.goals(results, MEMORY)}[3]
+    assert verdict.startswith("met (partial") and "segfuse_no_flair" in verdict
