@@ -1,97 +1,242 @@
-"""Benchmark: the value of a FLAIR auxiliary on BraTS (issue 5 §2), k-fold, on this CPU.
+"""Benchmark: is native-resolution fusion worth it? 23 BraTS subjects, 5 folds, two tasks (issue 12 §3).
 
-T1 is the primary; FLAIR is available at full resolution (``flair``) and as a
-thick-slice 2 × 2 × 4 mm acquisition (``flair_2x2x4mm``). Variants:
+Data (``--prepare-only`` makes it; every run makes what it lacks): the 10 subjects of
+``../shared/data/brats18_t1_flair`` and the 13 of ``../shared/data/brats19_multimodal``.
+Every low-resolution auxiliary is made by code, the same way for all 23 subjects:
+:func:`segfuse.data.lowres.simulate_low_resolution` (anti-alias Gaussian, then the
+edge-aligned 2 × 2 × 4 mm grid over the same field of view; ``--scale`` studies
+another). The FLAIRs shipped as ``flair_2x2x4mm.nii.gz`` with the brats18 subjects are
+*not* used (the utility reproduces them to 0.09 %, see ``segfuse/data/lowres.py``), so
+both datasets go through one code path. BraTS 2019's ``seg`` (0/1/2/4) gives the whole
+tumour (> 0) for task A.
 
-- ``t1_only``: no auxiliary;
-- ``early_full``: T1 and the 1 mm FLAIR as two input channels (early fusion);
-- ``early_lowres``: T1 and the 2 × 2 × 4 mm FLAIR *upsampled* (trilinear, by
-  physical coordinates) to the T1 grid, as two input channels;
-- ``segfuse_{linear,mlp,conv}``: the 2 × 2 × 4 mm FLAIR at native resolution
-  through that mapper, fused by ``concat``; ``segfuse_conv_add``, ``segfuse_conv_gated``;
-- ``segfuse_conv_dropout``: conv/concat trained with modality dropout 0.3,
-  evaluated with FLAIR present and absent (``segfuse ablate``).
+- **Task A** (whole tumour, comparable with the issue-5 study): primary T1, auxiliary
+  FLAIR; all 23 subjects; one softmax class.
+- **Task B** (the three BraTS regions): primary T1ce, auxiliaries FLAIR and T2;
+  the 13 brats19 subjects; trained on the regions of ``data.regions``, one sigmoid each.
 
-Protocol, stated so it can be rerun: the 10 subjects of
-``../shared/data/brats18_t1_flair`` sorted by id and dealt into ``--folds`` folds
-(subject ``i`` → fold ``i mod k``); each fold trains on the others for
-``--minutes`` of optimisation time and predicts its own subjects with the last
-checkpoint; whole-tumour Dice and HD95 come from ``segfuse evaluate``. To fit a
-2-core CPU the networks run in 2D on axial slices (patch 128 × 128, batch 8,
-smp ResNet18 encoder, depth 4), cases cropped to the head; every other setting is
-``configs/brats_t1_flair_lowres.yaml``. Each run is a fresh subprocess, so its
-peak RSS is its own.
+Variants (each trained per fold from the same base config,
+``configs/brats_t1ce_flair_t2_lowres.yaml``; "segfuse's default" is that config's
+auxiliary settings — mapper, fusion, features, levels — applied to every auxiliary):
+
+- ``primary_only``: no auxiliary;
+- ``early_1mm``: the 1 mm auxiliaries stacked with the primary as input channels;
+- ``early_lowres``: the 2 × 2 × 4 mm auxiliaries upsampled (trilinear, by physical
+  coordinates) to the primary grid and stacked as input channels;
+- ``segfuse``: the 2 × 2 × 4 mm auxiliaries at native resolution, no dropout;
+- ``segfuse_dropout``: the same with modality dropout (the config's, drawn
+  independently per auxiliary), evaluated with every auxiliary present, each absent
+  and all absent (``segfuse ablate``);
+- task B only, ``segfuse_no_<aux>``: ``segfuse`` trained without that auxiliary (the
+  reference of goal 3 for one auxiliary absent).
+
+Protocol: subjects sorted by id, subject ``i`` → fold ``i mod 5`` (per task); each
+fold trains on the others and predicts its own subjects, so every subject has one
+prediction per variant. Every run gets the same optimisation-time budget
+(``--minutes``, ``training.schedule=time``: the poly decay spans the budget), and the
+weights are also kept at ``--snapshots`` fractions of it and evaluated, so the tables
+show whether the ranking changes between the last two checkpoints. Dice and HD95 per
+region come from ``segfuse evaluate``. Statistics: per-subject paired differences
+against early fusion (mean, 95 % percentile bootstrap CI over subjects, 10 000
+resamples, seed 0, wins/losses); cost: seconds per iteration of each run and the peak
+memory of one training step of each variant's network on its batch (a separate
+subprocess, as ``benchmarks/model_cost.py``: peak RSS minus RSS after building the
+model and batch, glibc ``MALLOC_MMAP_THRESHOLD_`` 1 MiB), plus the runs' peak RSS.
+
+``--mode 2d`` (default) trains 2.5D on axial slices (patch 128 × 128, batch 8, smp
+ResNet18, depth 4), the setting that fits a 2-core CPU; ``--mode 3d`` keeps the
+config's 3D settings. ``--gpu`` runs the three key variants (primary only, early
+low-res, segfuse) of task B in 3D at 128³ on fold 0 on CUDA (``benchmarks/brats_fusion_gpu.sh``).
 
 Usage:
-    python benchmarks/brats_fusion.py --quick                 # 1 fold, 2 variants, 1 min each (< 10 min)
-    python benchmarks/brats_fusion.py --folds 3 --minutes 2   # full: 9 variants x 3 folds (1 h 50 min on 2 cores)
+    python benchmarks/brats_fusion.py --prepare-only            # the low-resolution copies and manifests
+    python benchmarks/brats_fusion.py --quick                   # smoke run: a few minutes
+    python benchmarks/brats_fusion.py --minutes 6               # the study (both tasks, every variant, 5 folds)
+    python benchmarks/brats_fusion.py --mode 3d --variants primary_only early_lowres segfuse --minutes 20
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import json
+import os
+import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-MANIFEST = REPO / "configs" / "brats18_manifest.yaml"
-BASE_CONFIG = REPO / "configs" / "brats_t1_flair_lowres.yaml"
-AUX = "flair_2x2x4mm"
-VARIANTS = ("t1_only", "early_full", "early_lowres", "segfuse_linear", "segfuse_mlp", "segfuse_conv",
-            "segfuse_conv_add", "segfuse_conv_gated", "segfuse_conv_dropout")
+SHARED = REPO.parent / "shared" / "data"
+BASE_CONFIG = REPO / "configs" / "brats_t1ce_flair_t2_lowres.yaml"
+DATA_DIR = REPO / "runs" / "brats_lowres"
+FOLDS = 5
+BOOTSTRAP = 10_000
+VARIANTS = ("primary_only", "early_1mm", "early_lowres", "segfuse", "segfuse_dropout")
+KEY_VARIANTS = ("primary_only", "early_lowres", "segfuse")
+
+# -- pre-registered goals (issue 12 §3), written before any run of this script ---------------------
+# "headline" is whole-tumour Dice for task A and the mean Dice over the three regions for task B.
+# Goal 1 and 2 are checked on task A whole tumour, task B whole tumour and task B mean over regions;
+# goal 3 on every auxiliary-absent setting of both tasks (headline); goal 4 in both tasks.
+GOALS = {
+    1: "segfuse (native 2x2x4) >= early fusion with the same auxiliaries upsampled: mean paired difference >= 0 "
+       "and the 95 % CI's lower bound >= -0.01, on whole tumour and on the mean over regions",
+    2: "segfuse mean Dice >= 98 % of early fusion with the 1 mm auxiliaries (same metrics as goal 1)",
+    3: "with an auxiliary absent, the dropout-trained model >= the model trained without that auxiliary - 0.02 "
+       "(mean headline Dice; task A: FLAIR absent vs primary_only; task B: each auxiliary absent vs "
+       "segfuse_no_<aux>, both absent vs primary_only)",
+    4: "segfuse's peak training-step memory <= 0.85 x early fusion's (early_lowres) and its seconds per "
+       "iteration <= 1.0 x early fusion's",
+}
+CI_FLOOR, RATIO_1MM, ABSENT_MARGIN, MEMORY_RATIO, TIME_RATIO = -0.01, 0.98, 0.02, 0.85, 1.0
 
 
-def two_channel_dataset(out: Path, flair_name: str) -> Path:
-    """A YAML manifest whose primary is a 4D (T1, FLAIR-on-the-T1-grid) NIfTI per subject."""
+@dataclass(frozen=True)
+class Task:
+    """One study task: which subjects, which primary, which auxiliaries, regions or classes."""
+
+    key: str
+    primary: str
+    aux: tuple[str, ...]
+    sources: tuple[str, ...]  # shared data folders whose subjects take part
+    regions: bool  # True: the base config's data.regions; False: whole tumour, one softmax class
+
+
+TASKS = {
+    "A": Task("A", "t1", ("flair",), ("brats18_t1_flair", "brats19_multimodal"), regions=False),
+    "B": Task("B", "t1ce", ("flair", "t2"), ("brats19_multimodal",), regions=True),
+}
+
+
+def variants_of(task: Task) -> tuple[str, ...]:
+    extra = tuple(f"segfuse_no_{a}" for a in task.aux) if len(task.aux) > 1 else ()
+    return VARIANTS + extra
+
+
+# -- data ------------------------------------------------------------------------------------------
+
+
+def _subjects(task: Task) -> list[tuple[str, Path]]:
+    """``(case_id, folder)`` of the task's subjects, sorted by id."""
+    found = []
+    for source in task.sources:
+        root = SHARED / source
+        found += [(p.name, p) for p in root.iterdir() if p.is_dir()]
+    return sorted(found)
+
+
+def _lowres_path(data_dir: Path, case_id: str, modality: str, tag: str) -> Path:
+    return data_dir / case_id / f"{modality}_{tag}.nii.gz"
+
+
+def _tag(scale: tuple[int, ...]) -> str:
+    return "x".join(str(s) for s in scale) + "mm"
+
+
+def prepare(task: Task, data_dir: Path, scale: tuple[int, ...], subjects: list[tuple[str, Path]],
+            portable: bool = False) -> Path:
+    """Low-resolution copies (made by code), whole-tumour masks and the task's manifest; returns it.
+
+    ``portable`` (for a GPU machine without the shared data): the primary and label files are
+    copied beside the low-resolution copies, which are rounded to int16 like their sources, the
+    1 mm auxiliaries are left out, and the manifest's paths are relative to it (about 45 MB for task B).
+    """
     import nibabel as nib
     import yaml
 
-    from segfuse.data.layouts import read_dataset
-    from segfuse.data.preprocess import resample
+    from segfuse.data.lowres import simulate_low_resolution
+    from segfuse.io.image import read_image, write_image
 
-    manifest = out / f"{flair_name}_early" / "manifest.yaml"
-    if manifest.is_file():
-        return manifest
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    dataset = read_dataset(MANIFEST, aux=[flair_name])
+    tag = _tag(scale)
     cases = []
-    for case in dataset.cases:
-        t1 = nib.load(case.primary.path)
-        flair = nib.load(case.aux[flair_name].path)
-        flair_data = np.asarray(flair.dataobj, dtype=np.float32)
-        if flair.shape != t1.shape:  # the thick-slice FLAIR: upsample by physical coordinates
-            flair_data = resample(flair_data[None], flair.affine, t1.affine, t1.shape, mode="bilinear")[0]
-        stacked = np.stack([np.asarray(t1.dataobj, dtype=np.float32), flair_data], axis=-1)
-        path = manifest.parent / f"{case.case_id}_t1_{flair_name}.nii.gz"
-        nib.save(nib.Nifti1Image(stacked, t1.affine, t1.header), path)
-        cases.append({"case_id": case.case_id, "primary": path.name, "label": str(case.label)})
-    manifest.write_text(yaml.safe_dump({"labels": dataset.labels, "primary_name": "t1_" + flair_name,
-                                        "cases": cases}))
+    for case_id, folder in subjects:
+        out = data_dir / case_id
+        out.mkdir(parents=True, exist_ok=True)
+        aux: dict[str, str] = {}
+        for modality in task.aux:
+            low = _lowres_path(data_dir, case_id, modality, tag)
+            if not low.is_file():
+                coarse = simulate_low_resolution(read_image(folder / f"{modality}.nii.gz"), scale)
+                array = np.rint(coarse.array).astype(np.int16) if portable else coarse.array
+                write_image(array, coarse, low, dtype=array.dtype)
+            if not portable:
+                aux[modality] = str(folder / f"{modality}.nii.gz")
+            aux[f"{modality}_{tag}"] = str(low)
+        if task.regions:
+            label = folder / "seg.nii.gz"
+        elif (folder / "whole_tumour.nii.gz").is_file():
+            label = folder / "whole_tumour.nii.gz"
+        else:  # brats19: whole tumour = every tumour label
+            label = out / "whole_tumour.nii.gz"
+            if not label.is_file():
+                seg = nib.load(folder / "seg.nii.gz")
+                mask = (np.asarray(seg.dataobj) > 0).astype(np.uint8)
+                nib.save(nib.Nifti1Image(mask, seg.affine, seg.header), label)
+        primary = folder / f"{task.primary}.nii.gz"
+        if portable:
+            for source in (primary, label):
+                if not (out / source.name).is_file():
+                    shutil.copyfile(source, out / source.name)
+            primary, label = out / primary.name, out / label.name
+            aux = {k: os.path.relpath(v, data_dir) for k, v in aux.items()}
+            primary, label = Path(os.path.relpath(primary, data_dir)), Path(os.path.relpath(label, data_dir))
+        cases.append({"case_id": case_id, "primary": str(primary), "label": str(label), "aux": aux})
+    labels = {0: "background", 1: "necrosis", 2: "oedema", 4: "enhancing"} if task.regions else \
+        {0: "background", 1: "whole_tumour"}
+    manifest = data_dir / f"task_{task.key.lower()}.yaml"
+    manifest.write_text(yaml.safe_dump({"name": f"brats_task_{task.key}", "labels": labels,
+                                        "primary_name": task.primary, "cases": cases}, sort_keys=False))
     return manifest
 
 
-def variant_overrides(variant: str, out: Path) -> list[str]:
-    common = ["model.mode=2d", "model.widen_factor=1.0", "model.norm=batch", "training.patch_size=[128, 128]",
-              "training.batch_size=8", "inference.overlap=0.25", "inference.sw_batch_size=8"]
-    if variant == "t1_only":
-        return [*common, "data.aux={}"]
-    if variant in ("early_full", "early_lowres"):
-        flair = "flair" if variant == "early_full" else AUX
-        return [*common, f"data.dataset={two_channel_dataset(out, flair)}", "data.primary=null", "data.aux={}"]
-    mapper, fusion = {"segfuse_linear": ("linear", "concat"), "segfuse_mlp": ("mlp", "concat"),
-                      "segfuse_conv": ("conv", "concat"), "segfuse_conv_add": ("conv", "add"),
-                      "segfuse_conv_gated": ("conv", "gated"), "segfuse_conv_dropout": ("conv", "concat")}[variant]
-    dropout = 0.3 if variant == "segfuse_conv_dropout" else 0.0
-    return [*common, f"data.aux.{AUX}.mapper={mapper}", f"data.aux.{AUX}.fusion={fusion}",
-            f"data.aux.{AUX}.dropout={dropout}"]
+def stacked(task: Task, manifest: Path, which: str, tag: str) -> Path:
+    """Early fusion: a manifest whose primary is a 4D NIfTI (primary, auxiliaries on the primary grid).
+
+    ``which``: ``"1mm"`` (the 1 mm auxiliaries) or ``"lowres"`` (the ``tag`` copies upsampled
+    trilinearly, by physical coordinates, onto the primary grid).
+    """
+    import nibabel as nib
+    import yaml
+
+    from segfuse.data.preprocess import resample
+
+    out = manifest.parent / f"{manifest.stem}_early_{which}.yaml"
+    tree = yaml.safe_load(manifest.read_text())
+    names = [a if which == "1mm" else f"{a}_{tag}" for a in task.aux]
+    cases = []
+    for case in tree["cases"]:
+        path = manifest.parent / case["case_id"] / f"early_{task.key}_{which}_{tag}.nii.gz"
+        if not path.is_file():
+            primary = nib.load(manifest.parent / case["primary"])  # relative paths are relative to the manifest
+            channels = [np.asarray(primary.dataobj, dtype=np.float32)]
+            for name in names:
+                image = nib.load(manifest.parent / case["aux"][name])
+                data = np.asarray(image.dataobj, dtype=np.float32)
+                if image.shape != primary.shape:  # the thick-slice copy: upsample by physical coordinates
+                    data = resample(data[None], image.affine, primary.affine, primary.shape, mode="bilinear")[0]
+                channels.append(data)
+            nib.save(nib.Nifti1Image(np.stack(channels, axis=-1), primary.affine, primary.header), path)
+        cases.append({"case_id": case["case_id"], "primary": str(path),
+                      "label": str(manifest.parent / case["label"])})
+    out.write_text(yaml.safe_dump({"labels": tree["labels"], "primary_name": "+".join([task.primary, *names]),
+                                   "cases": cases}, sort_keys=False))
+    return out
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
 
 
 def folds_of(case_ids: list[str], k: int) -> list[list[str]]:
@@ -99,184 +244,484 @@ def folds_of(case_ids: list[str], k: int) -> list[list[str]]:
     return [ordered[i::k] for i in range(k)]
 
 
-def _numeric(row: dict) -> dict:
-    """A per_case.csv row with its number columns as floats (NaN for empty cells)."""
-    out: dict = {}
-    for key, value in row.items():
-        try:
-            out[key] = float(value) if value != "" else float("nan")
-        except ValueError:
-            out[key] = value
-    return out
+# -- one run ---------------------------------------------------------------------------------------
 
 
-def run_one(job: dict) -> dict:
-    """Train one variant on one fold, predict the fold, evaluate (in this process)."""
-    from segfuse.config import load_config
+def run_config(job: dict[str, Any]) -> Any:
+    """The run config of one (task, variant, fold) job: the base config plus the variant's changes."""
+    import yaml
+
+    from segfuse.config import config_from_dict
+
+    task, variant, tag = TASKS[job["task"]], job["variant"], job["tag"]
+    tree = yaml.safe_load(BASE_CONFIG.read_text())
+    default_aux = next(iter(tree["data"]["aux"].values()))  # the config's auxiliary settings: segfuse's default
+    data = tree["data"]
+    data["dataset"], data["primary"], data["labels"] = job["manifest"], task.primary, {}
+    if not task.regions:
+        data["regions"] = None
+    data["aux"] = {}
+    if variant.startswith("early_"):
+        data["dataset"], data["primary"] = job["early_manifest"], None
+    elif variant.startswith("segfuse"):
+        kept = [a for a in task.aux if variant != f"segfuse_no_{a}"]
+        for name in kept:
+            spec = copy.deepcopy(default_aux)
+            spec["scale"] = list(job["scale"])
+            spec["dropout"] = (spec.get("dropout") or 0.3) if variant == "segfuse_dropout" else 0.0
+            data["aux"][f"{name}_{tag}"] = spec
+    data["val_cases"] = list(job["val_cases"])
+    training = tree["training"]
+    training.update(schedule="time", max_minutes=job["minutes"], iterations=10**7, iterations_per_epoch=10**7,
+                    val_every=0, snapshots=list(job["snapshots"]))
+    tree["experiment"].update(output_dir=str(Path(job["out"]) / "runs"), name=job["name"])
+    if job["mode"] == "2d":
+        tree["model"].update(mode="2d", widen_factor=1.0, norm="batch", deep_supervision=False)
+        training.update(patch_size=[128, 128], batch_size=8)
+        tree["inference"].update(overlap=0.25, sw_batch_size=8)
+    elif job["gpu"]:
+        training.update(patch_size=[128, 128, 128], batch_size=2, device="cuda", amp=True)
+        tree["inference"].update(roi_size=[128, 128, 128], overlap=0.25, sw_batch_size=4)
+    if not job["gpu"]:
+        training.update(device="cpu", num_threads=job["threads"])
+    if job.get("quick"):  # a smoke run of every code path on 2 mm volumes: 8x fewer voxels to predict
+        data["target_spacing"] = [2.0, 2.0, 2.0]
+        for spec in data["aux"].values():  # a 2x2x4 mm auxiliary is 1x1x2 voxels of the 2 mm primary
+            spec["scale"] = [max(1, s // 2) for s in spec["scale"]]
+        training.update(patch_size=[64, 64] if job["mode"] == "2d" else [48, 48, 32], batch_size=4)
+        tree["inference"].update(roi_size=None, overlap=0.0, sw_batch_size=8)
+    return config_from_dict(tree)
+
+
+def _rows(per_case: Path) -> list[dict[str, Any]]:
+    """Per-subject, per-region rows of a ``per_case.csv``: case_id, name, dice, hd95_mm."""
+    with per_case.open() as handle:
+        return [{"case_id": r["case_id"], "name": r["name"], "dice": float(r["dice"]),
+                 "hd95_mm": float(r["hd95_mm"]) if r["hd95_mm"] not in ("", "nan") else float("nan")}
+                for r in csv.DictReader(handle)]
+
+
+def run_one(job: dict[str, Any]) -> dict[str, Any]:
+    """Train one variant on one fold, evaluate its snapshots and final weights on the fold (in this process)."""
+    import torch
+
     from segfuse.data.layouts import Dataset, read_dataset
     from segfuse.evaluation.ablate import ablate
     from segfuse.evaluation.evaluate import evaluate, reference_folder
     from segfuse.inference.predict import predict
     from segfuse.training.loop import train
 
-    out = Path(job["out"])
-    run_dir = out / "runs" / f"{job['variant']}_fold{job['fold']}"
-    overrides = [
-        *variant_overrides(job["variant"], out),
-        "training.schedule=time", f"training.max_minutes={job['minutes']}", "training.iterations=1000000",
-        "training.iterations_per_epoch=1000000", f"experiment.output_dir={out / 'runs'}",
-        f"experiment.name={run_dir.name}", "training.num_threads=2", "training.val_every=0",
-    ]
-    cfg = load_config(BASE_CONFIG, overrides)
-    cfg.data.val_cases = list(job["val_cases"])
+    cfg = run_config(job)
+    run_dir = Path(cfg.experiment.output_dir) / cfg.experiment.name
+    cuda = cfg.training.device == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     started = time.monotonic()
     result = train(cfg, run_dir=run_dir, progress=False)
     train_wall = time.monotonic() - started
-    dataset = read_dataset(cfg.data.dataset, aux=list(cfg.data.aux))
+    train_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
+    train_s = float(result.history[-1]["train_s"]) if result.history else float("nan")
+
+    dataset = read_dataset(cfg.data.dataset, primary=cfg.data.primary, aux=list(cfg.data.aux))
     val = [c for c in dataset.cases if c.case_id in set(job["val_cases"])]
-    refs = reference_folder(val, out / "references" / f"fold{job['fold']}")
-    ckpt = run_dir / "checkpoint_last.pt"
-    labels = {1: "whole_tumour"}
-    scores: dict[str, list[dict]] = {}
-    if job["variant"] == "segfuse_conv_dropout":
-        sub = Dataset(root=dataset.root, layout=dataset.layout, cases=val, labels=dataset.labels,
-                      primary_name=dataset.primary_name, aux_names=dataset.aux_names)
-        ablate(ckpt, sub, run_dir / "ablation", progress=False)
-        # per-subject rows of the two predictions ablate made: FLAIR present, FLAIR absent
-        for setting, folder in (("flair present", "all"), ("flair absent", f"without_{AUX}")):
-            per_case = run_dir / "ablation" / folder / "evaluation" / "per_case.csv"
-            with per_case.open() as handle:
-                scores[setting] = [_numeric(r) for r in csv.DictReader(handle) if r["label"] == "1"]
-    else:
-        preds = run_dir / "predictions"
-        predict(ckpt, val, preds, progress=False)
-        evaluation = evaluate(preds, refs, run_dir / "evaluation", labels=labels, progress=False)
-        scores["all"] = [r for r in evaluation.rows if r["label"] == 1]
+    refs = reference_folder(val, Path(job["out"]) / "references" / f"task{job['task']}_fold{job['fold']}")
+    regions = cfg.data.regions
+    labels = None if regions else {1: "whole_tumour"}
+    device = "cuda" if cuda else "cpu"
+    scores: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    checkpoints = [(f"{round(f * 100):03d}pct", run_dir / f"checkpoint_{round(f * 100):03d}pct.pt")
+                   for f in job["snapshots"]]
+    checkpoints.append(("final", run_dir / "checkpoint_last.pt"))
+    for name, ckpt in checkpoints:
+        if not ckpt.is_file():  # the run ended before this fraction of the budget (cannot happen with a time budget)
+            continue
+        if name == "final" and job["variant"] == "segfuse_dropout":
+            sub = Dataset(root=dataset.root, layout=dataset.layout, cases=val, labels=dataset.labels,
+                          primary_name=dataset.primary_name, aux_names=dataset.aux_names)
+            ablation = ablate(ckpt, sub, run_dir / "ablation", device=device, progress=False)
+            scores[name] = {("all" if row["variant"] == "all" else row["variant"].replace("without_", "without ")):
+                            _rows(run_dir / "ablation" / _ablation_folder(ablation.rows, row) / "evaluation"
+                                  / "per_case.csv") for row in ablation.rows}
+            continue
+        preds = run_dir / f"predictions_{name}"
+        run = predict(ckpt, val, preds, device=device, progress=False)
+        if not run.ok:
+            raise RuntimeError(run.summary())
+        evaluation = evaluate(preds, refs, run_dir / f"evaluation_{name}", labels=labels, regions=regions,
+                              progress=False)
+        scores[name] = {"all": _rows(evaluation.out_dir / "per_case.csv")}
+    if not job["keep_checkpoints"]:
+        for path in run_dir.glob("*.pt"):
+            path.unlink()
     return {
-        **job,
+        **{k: v for k, v in job.items() if k not in ("result",)},
         "iterations": result.iteration,
-        "train_seconds": result.history[-1].get("train_s") if result.history else None,
+        "train_seconds": train_s,
+        "seconds_per_iteration": train_s / max(1, result.iteration),
         "train_wall_seconds": round(train_wall, 1),
+        "peak_rss_train_mib": round(train_rss, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "gpu_peak_allocated_mib": gpu_peak,
         "scores": scores,
     }
 
 
-def per_subject(results: list[dict]) -> dict[str, dict[str, tuple[float, float]]]:
-    """``{"variant" or "variant [setting]": {case_id: (dice, hd95_mm)}}`` over every fold."""
-    table: dict[str, dict[str, tuple[float, float]]] = {}
+def _ablation_folder(rows: list[dict[str, Any]], row: dict[str, Any]) -> str:
+    """The folder ablate predicted a variant into (variants removing the same set share the first one's)."""
+    for other in rows:
+        if sorted(other["dropped"]) == sorted(row["dropped"]):
+            return other["variant"]
+    return row["variant"]
+
+
+def step_memory(job: dict[str, Any]) -> dict[str, Any]:
+    """Peak memory and time of a training step of the variant's network on its batch (fresh process)."""
+    import torch
+
+    from segfuse.models.factory import build_model
+    from segfuse.training.losses import build_loss
+
+    def rss_mib() -> float:
+        with open("/proc/self/status") as handle:
+            return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS")) / 1024
+
+    torch.set_num_threads(job["threads"])
+    torch.manual_seed(0)
+    cfg = run_config(job)
+    cfg.data.labels = {0: "background", 1: "necrosis", 2: "oedema", 4: "enhancing"} if TASKS[job["task"]].regions \
+        else {0: "background", 1: "whole_tumour"}
+    channels = 1 + len(TASKS[job["task"]].aux) if job["variant"].startswith("early_") else 1
+    model = build_model(cfg, in_channels=channels)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    loss_fn = build_loss(cfg)
+    b, patch = cfg.training.batch_size, cfg.training.patch_size
+    dims = cfg.spatial_dims
+    x = torch.randn(b, channels * (2 * cfg.model.context_slices + 1 if dims == 2 else 1), *patch)
+    aux = {n: torch.randn(b, 1, *[p // s for p, s in zip(patch, spec.scale[:dims], strict=True)])
+           for n, spec in cfg.data.aux.items()}
+    y = torch.randint(0, 2, (b, 1, *patch)).float()
+    base = rss_mib()
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x, aux=aux), y)
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - t)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"task": job["task"], "variant": job["variant"], "mode": job["mode"], "step_peak_mib": peak - base,
+            "rss_base_mib": base, "step_seconds_median": float(np.median(times[1:])),
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
+# -- statistics -----------------------------------------------------------------------------------
+
+
+def bootstrap_ci(diffs: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
+    """95 % percentile bootstrap interval of the mean of ``diffs`` (resampling subjects)."""
+    if len(diffs) == 0:
+        return float("nan"), float("nan")
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), (n, len(diffs)))].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def per_subject(results: list[dict[str, Any]], checkpoint: str = "final") -> dict[tuple[str, str], dict]:
+    """``{(task, setting): {case_id: {region: (dice, hd95)}}}``; ``setting`` is the variant, or
+    ``"segfuse_dropout [without x]"``; task B also gets a ``mean`` region (mean Dice over regions)."""
+    table: dict[tuple[str, str], dict[str, dict[str, tuple[float, float]]]] = {}
     for r in results:
-        for setting, rows in r["scores"].items():
+        for setting, rows in r["scores"].get(checkpoint, {}).items():
             name = r["variant"] if setting == "all" else f"{r['variant']} [{setting}]"
             for row in rows:
-                if "case_id" not in row:  # an older ablation summary row: no per-subject figures
-                    continue
-                table.setdefault(name, {})[row["case_id"]] = (float(row["dice"]), float(row["hd95_mm"]))
+                table.setdefault((r["task"], name), {}).setdefault(row["case_id"], {})[row["name"]] = (
+                    row["dice"], row["hd95_mm"])
+    for (task, _), subjects in table.items():
+        if TASKS[task].regions:
+            for regions in subjects.values():
+                regions["mean"] = (float(np.mean([d for d, _ in regions.values()])), float("nan"))
     return table
 
 
-def _goal(label: str, value: float, target: float, paired: np.ndarray | None = None) -> str:
-    verdict = "**met**" if value >= target else "**missed**"
-    extra = ""
-    if paired is not None and len(paired):
-        extra = (f"; per subject the difference is {paired.mean():+.3f} ± {paired.std():.3f}, "
-                 f"≥ 0 for {(paired >= 0).sum()} of {len(paired)}")
-    return f"- {label}: {value:.3f} against {target:.3f} → {verdict}{extra}"
+def headline(task: str) -> str:
+    return "mean" if TASKS[task].regions else "whole_tumour"
 
 
-def goals(subjects: dict[str, dict[str, tuple[float, float]]], segfuse: str = "segfuse_conv") -> str:
-    """The issue's three goals, on the mean whole-tumour Dice over all subjects."""
+def dice_of(table: dict, task: str, setting: str, region: str) -> dict[str, float]:
+    return {case: regions[region][0] for case, regions in table.get((task, setting), {}).items() if region in regions}
 
-    def dice(name: str) -> dict[str, float]:
-        return {case: d for case, (d, _) in subjects.get(name, {}).items()}
 
-    def paired(a: str, b: str, shift: float = 0.0) -> np.ndarray:
-        da, db = dice(a), dice(b)
-        return np.array([da[c] - db[c] + shift for c in sorted(set(da) & set(db))])
+def paired(table: dict, task: str, a: str, b: str, region: str) -> dict[str, Any]:
+    """Paired difference ``a - b`` over the subjects both have: mean, CI, wins, losses, n."""
+    da, db = dice_of(table, task, a, region), dice_of(table, task, b, region)
+    common = sorted(set(da) & set(db))
+    d = np.array([da[c] - db[c] for c in common])
+    lo, hi = bootstrap_ci(d)
+    return {"a": a, "b": b, "task": task, "region": region, "n": len(d),
+            "mean": float(d.mean()) if len(d) else float("nan"), "ci95": [lo, hi],
+            "wins": int((d > 0).sum()), "losses": int((d < 0).sum()), "ties": int((d == 0).sum()),
+            "per_subject": dict(zip(common, d.tolist(), strict=True))}
 
-    lines = [f"Goals (mean whole-tumour Dice over every evaluated subject; segfuse = `{segfuse}`, the "
-             "default conv mapper with concat, chosen before the run):"]
-    mean = {name: float(np.mean(list(dice(name).values()))) for name in subjects if dice(name)}
-    if segfuse in mean and "early_lowres" in mean:
-        lines.append(_goal("segfuse with the 2×2×4 mm FLAIR ≥ early fusion with the same FLAIR upsampled",
-                           mean[segfuse], mean["early_lowres"], paired(segfuse, "early_lowres")))
-    if segfuse in mean and "early_full" in mean:
-        lines.append(_goal("segfuse ≥ 98 % of early fusion with the 1 mm FLAIR", mean[segfuse],
-                           0.98 * mean["early_full"]))
-    absent = "segfuse_conv_dropout [flair absent]"
-    if absent in mean and "t1_only" in mean:
-        lines.append(_goal("dropout model with FLAIR absent ≥ T1 only − 0.02", mean[absent], mean["t1_only"] - 0.02,
-                           paired(absent, "t1_only", shift=0.02)))
+
+def ranking(results: list[dict[str, Any]], task: str, checkpoint: str) -> list[tuple[str, float]]:
+    """Variants (all auxiliaries present) by mean headline Dice at ``checkpoint``, best first."""
+    table = per_subject(results, checkpoint)
+    means = [(setting, float(np.mean(list(dice_of(table, t, setting, headline(task)).values()))))
+             for (t, setting) in table if t == task and "[" not in setting]
+    return sorted(means, key=lambda item: -item[1])
+
+
+def _verdict(ok: bool | None) -> str:
+    return "not evaluated" if ok is None else ("met" if ok else "missed")
+
+
+def goals(results: list[dict[str, Any]], memory: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The four pre-registered goals with their figures and automatic verdicts."""
+    table = per_subject(results)
+    checks = [(t, r) for t in ("A", "B") for r in (("whole_tumour", "mean") if TASKS[t].regions else ("whole_tumour",))]
+    out = []
+    parts1, parts2 = [], []
+    for task, region in checks:
+        p = paired(table, task, "segfuse", "early_lowres", region)
+        if p["n"]:
+            parts1.append({"task": task, "region": region, "mean_diff": p["mean"], "ci95": p["ci95"], "n": p["n"],
+                           "ok": p["mean"] >= 0 and p["ci95"][0] >= CI_FLOOR})
+        seg, early = dice_of(table, task, "segfuse", region), dice_of(table, task, "early_1mm", region)
+        if seg and early:
+            a, b = float(np.mean(list(seg.values()))), float(np.mean(list(early.values())))
+            parts2.append({"task": task, "region": region, "segfuse": a, "early_1mm": b, "ratio": a / b,
+                           "ok": a >= RATIO_1MM * b})
+    parts3: list[dict[str, Any]] = []
+    missing3: list[str] = []
+    for task in ("A", "B"):
+        aux = TASKS[task].aux
+        region = headline(task)
+        settings = [(f"segfuse_dropout [without {a}_{_tag_of(results)}]",
+                     "primary_only" if len(aux) == 1 else f"segfuse_no_{a}") for a in aux]
+        if len(aux) > 1:
+            settings.append(("segfuse_dropout [none]", "primary_only"))
+        for absent, reference in settings:
+            da, dr = dice_of(table, task, absent, region), dice_of(table, task, reference, region)
+            if da and dr:
+                a, b = float(np.mean(list(da.values()))), float(np.mean(list(dr.values())))
+                parts3.append({"task": task, "absent": absent, "reference": reference, "dropout_model": a,
+                               "reference_model": b, "ok": a >= b - ABSENT_MARGIN})
+            elif any(r["task"] == task and r["variant"] == "segfuse_dropout" for r in results):
+                missing3.append(f"task {task}: {absent} vs {reference}")
+    parts4 = []
+    for task in ("A", "B"):
+        mem = {m["variant"]: m for m in memory if m["task"] == task}
+        spi = {v: np.mean([r["seconds_per_iteration"] for r in results if r["task"] == task and r["variant"] == v])
+               for v in ("segfuse", "early_lowres")
+               if any(r["task"] == task and r["variant"] == v for r in results)}
+        if "segfuse" in mem and "early_lowres" in mem and len(spi) == 2:
+            m = mem["segfuse"]["step_peak_mib"] / mem["early_lowres"]["step_peak_mib"]
+            t = float(spi["segfuse"] / spi["early_lowres"])
+            parts4.append({"task": task, "memory_ratio": m, "time_ratio": t,
+                           "ok": m <= MEMORY_RATIO and t <= TIME_RATIO})
+    for number, parts in ((1, parts1), (2, parts2), (3, parts3), (4, parts4)):
+        ok = all(p["ok"] for p in parts) if parts else None
+        missing = missing3 if number == 3 else []
+        verdict = _verdict(ok) + (f" (partial: not evaluable {missing})" if missing and parts else "")
+        out.append({"goal": number, "text": GOALS[number], "verdict": verdict, "checks": parts})
+    return out
+
+
+def _tag_of(results: list[dict[str, Any]]) -> str:
+    return results[0]["tag"] if results else _tag((2, 2, 4))
+
+
+# -- report ---------------------------------------------------------------------------------------
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
+
+
+def report(results: list[dict[str, Any]], memory: list[dict[str, Any]], snapshots: list[str]) -> str:
+    """Markdown: Dice/HD95 per region, paired differences, ranking per checkpoint, cost, per subject, goals."""
+    lines = []
+    table = per_subject(results)
+    for task in sorted({r["task"] for r in results}):
+        settings = sorted({s for (t, s) in table if t == task})
+        regions = sorted({reg for s in settings for regs in table[(task, s)].values() for reg in regs},
+                         key=lambda x: (x == "mean", x))
+        lines += [f"### Task {task} (primary {TASKS[task].primary}, auxiliaries {', '.join(TASKS[task].aux)})", "",
+                  "| setting | " + " | ".join(f"{reg} Dice" for reg in regions) + " | "
+                  + " | ".join(f"{reg} HD95 mm" for reg in regions if reg != "mean") + " | s/it | peak RSS MiB |",
+                  "|---|" + "---:|" * (2 * len(regions) - ("mean" in regions) + 2)]
+        for setting in settings:
+            runs = [r for r in results if r["task"] == task and r["variant"] == setting.split(" [")[0]]
+            cells = []
+            for reg in regions:
+                d = np.array([regs[reg][0] for regs in table[(task, setting)].values() if reg in regs])
+                cells.append(f"{_fmt(d.mean())} ± {_fmt(d.std())}" if d.size else "n/a")
+            for reg in regions:
+                if reg == "mean":
+                    continue
+                h = np.array([regs[reg][1] for regs in table[(task, setting)].values() if reg in regs])
+                h = h[~np.isnan(h)]
+                cells.append(_fmt(h.mean(), 1) if h.size else "n/a")
+            spi = np.mean([r["seconds_per_iteration"] for r in runs])
+            rss = max(r["peak_rss_train_mib"] for r in runs)
+            lines.append(f"| {setting} | " + " | ".join(cells) + f" | {spi:.2f} | {rss:.0f} |")
+        lines += ["", "Paired differences per subject (setting − reference), mean [95 % bootstrap CI], wins/losses:",
+                  "", "| setting | reference | region | n | mean | CI95 | wins | losses |",
+                  "|---|---|---|---:|---:|---|---:|---:|"]
+        for reference in ("early_lowres", "early_1mm"):
+            for setting in settings:
+                if setting == reference:
+                    continue
+                for reg in regions:
+                    p = paired(table, task, setting, reference, reg)
+                    if p["n"]:
+                        lines.append(f"| {setting} | {reference} | {reg} | {p['n']} | {p['mean']:+.3f} | "
+                                     f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | {p['wins']} | {p['losses']} |")
+        checkpoints = [*snapshots, "final"]
+        what = "mean Dice over regions" if TASKS[task].regions else "whole-tumour Dice"
+        lines += ["", f"Ranking by {what} at each checkpoint (all auxiliaries present):", ""]
+        ranks = {c: ranking(results, task, c) for c in checkpoints}
+        for c in checkpoints:
+            lines.append(f"- {c}: " + " > ".join(f"{s} {m:.3f}" for s, m in ranks[c]))
+        if len(checkpoints) >= 2 and ranks[checkpoints[-2]]:
+            same = [s for s, _ in ranks[checkpoints[-2]]] == [s for s, _ in ranks[checkpoints[-1]]]
+            lines.append(f"- ranking {'unchanged' if same else 'CHANGED'} between {checkpoints[-2]} and final")
+        gpu = [r for r in results if r["task"] == task and r.get("gpu_peak_allocated_mib")]
+        if gpu:
+            lines += ["", "GPU: " + "; ".join(
+                f"{r['variant']} fold {r['fold']}: {r['gpu_peak_allocated_mib']:.0f} MiB peak allocated, "
+                f"{1 / r['seconds_per_iteration']:.1f} it/s, {r['iterations']} iterations" for r in gpu)]
+        mem = [m for m in memory if m["task"] == task]
+        if mem:
+            lines += ["", "| variant | training-step peak MiB | step s (median) | parameters |", "|---|---:|---:|---:|"]
+            lines += [f"| {m['variant']} | {m['step_peak_mib']:.0f} | {m['step_seconds_median']:.2f} | "
+                      f"{m['parameters']:,} |" for m in mem]
+        lines += ["", f"Per-subject {headline(task)} Dice:", "",
+                  "| subject | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings)]
+        subjects = sorted({c for s in settings for c in table[(task, s)]})
+        for case in subjects:
+            cells = [_fmt(table[(task, s)].get(case, {}).get(headline(task), (float("nan"),))[0]) for s in settings]
+            lines.append(f"| {case} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("### Pre-registered goals")
+    for g in goals(results, memory):
+        lines.append(f"{g['goal']}. {g['text']}: **{g['verdict']}**")
+        for c in g["checks"]:
+            lines.append("   - " + ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in c.items()))
     return "\n".join(lines)
 
 
-def summarise(results: list[dict]) -> str:
-    subjects = per_subject(results)
-    rows = []
-    for variant in VARIANTS:
-        runs = [r for r in results if r["variant"] == variant]
-        for name in sorted(n for n in subjects if n == variant or n.startswith(variant + " [")):
-            dice = np.array([d for d, _ in subjects[name].values()])
-            hd = np.array([h for _, h in subjects[name].values()])
-            hd = hd[~np.isnan(hd)]
-            rows.append(
-                f"| {name} | {dice.mean():.3f} ± {dice.std():.3f} | {np.median(dice):.3f} | "
-                f"{(f'{hd.mean():.1f}' if hd.size else 'n/a')} | {len(dice)} | "
-                f"{np.mean([r['iterations'] for r in runs]):.0f} | "
-                f"{np.mean([r['train_wall_seconds'] for r in runs]) / 60:.1f} | "
-                f"{max(r['peak_rss_mib'] for r in runs):.0f} |"
-            )
-    head = ("Whole-tumour Dice over subjects (each subject predicted by the fold that held it out).\n\n"
-            "| variant | Dice mean ± std | Dice median | HD95 mm (mean) | subjects | iterations (mean) | "
-            "train min, wall (mean) | peak RSS MiB (max) |\n"
-            "|---|---:|---:|---:|---:|---:|---:|---:|")
-    return head + "\n" + "\n".join(rows) + "\n\n" + goals(subjects)
+# -- driver ---------------------------------------------------------------------------------------
+
+
+def _spawn(flag: str, job: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    subprocess.run([sys.executable, __file__, flag, json.dumps(job)], check=True,
+                   env={**os.environ, **(env or {})})
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--folds", type=int, default=3)
-    parser.add_argument("--minutes", type=float, default=2.0, help="optimisation time per run")
-    parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=VARIANTS)
-    parser.add_argument("--quick", action="store_true", help="fold 0 only, t1_only and segfuse_conv, 1 min each")
+    parser.add_argument("--tasks", nargs="*", default=["A", "B"], choices=sorted(TASKS))
+    parser.add_argument("--variants", nargs="*", default=None, help="default: every variant of each task")
+    parser.add_argument("--folds", type=int, default=FOLDS, help="folds (subjects sorted by id, i -> i mod k)")
+    parser.add_argument("--only-folds", type=int, nargs="*", default=None, help="run only these folds")
+    parser.add_argument("--minutes", type=float, default=6.0, help="optimisation-time budget of every run")
+    parser.add_argument("--snapshots", type=float, nargs="*", default=[0.5],
+                        help="fractions of the budget whose weights are also evaluated (ranking stability)")
+    parser.add_argument("--mode", choices=("2d", "3d"), default="2d", help="2.5D slices (default) or 3D patches")
+    parser.add_argument("--scale", type=int, nargs=3, default=[2, 2, 4], help="low-resolution auxiliary scale")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
+    parser.add_argument("--quick", action="store_true",
+                        help="smoke run: 3 subjects per task at 2 mm, fold 0, 3 variants, 0.2 min, no snapshot")
+    parser.add_argument("--gpu", action="store_true",
+                        help="task B, fold 0, primary_only/early_lowres/segfuse in 3D at 128^3 on CUDA")
+    parser.add_argument("--prepare-only", action="store_true", help="make the low-resolution copies and manifests")
+    parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
+    parser.add_argument("--keep-checkpoints", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_brats_fusion")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        job = json.loads(args.worker)
-        Path(job["result"]).write_text(json.dumps(run_one(job), default=float))
+    if args.worker or args.memory_worker:
+        job = json.loads(args.worker or args.memory_worker)
+        out = run_one(job) if args.worker else step_memory(job)
+        Path(job["result"]).write_text(json.dumps(out, default=float))
         return 0
-    if not MANIFEST.is_file() or not (REPO.parent / "shared" / "data" / "brats18_t1_flair").is_dir():
-        print("benchmark needs ../shared/data/brats18_t1_flair", file=sys.stderr)
+    shared = all((SHARED / s).is_dir() for s in ("brats18_t1_flair", "brats19_multimodal"))
+    carried = args.gpu and (args.data_dir / "task_b.yaml").is_file()  # a GPU machine: data prepared and carried
+    if not shared and not carried:
+        print(f"benchmark needs {SHARED}/brats18_t1_flair and brats19_multimodal", file=sys.stderr)
         return 2
-    from segfuse.data.layouts import read_dataset
-
-    case_ids = [c.case_id for c in read_dataset(MANIFEST).cases]
-    folds = folds_of(case_ids, args.folds)
-    variants, minutes, fold_ids = args.variants, args.minutes, range(args.folds)
+    scale, tag = tuple(args.scale), _tag(tuple(args.scale))
+    tasks, minutes, snapshots, mode, fold_ids = args.tasks, args.minutes, args.snapshots, args.mode, args.only_folds
+    limit = None
     if args.quick:
-        variants, minutes, fold_ids = ["t1_only", "segfuse_conv"], 1.0, [0]
-    out = args.out / ("quick" if args.quick else f"k{args.folds}_{minutes:g}min")
-    out.mkdir(parents=True, exist_ok=True)
-    results = []
-    for fold in fold_ids:
+        limit, fold_ids, minutes, snapshots = 3, [0], 0.2, []
+    if args.gpu:
+        tasks, mode, fold_ids, snapshots = ["B"], "3d", [0], []
+    out = args.out / ("quick" if args.quick else "gpu" if args.gpu else f"{mode}_{minutes:g}min_{tag}")
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    results, memory = [], []
+    for key in tasks:
+        task = TASKS[key]
+        if shared:
+            subjects = _subjects(task)
+            if limit:
+                subjects = subjects[:: max(1, len(subjects) // limit)][:limit]
+            print(f"[brats_fusion] task {key}: preparing {len(subjects)} subjects in {args.data_dir}", flush=True)
+            manifest = prepare(task, args.data_dir, scale, subjects, portable=args.gpu)
+        else:
+            manifest = args.data_dir / f"task_{key.lower()}.yaml"
+            subjects = [(c["case_id"], Path()) for c in _yaml(manifest)["cases"]]
+        if args.prepare_only:
+            continue
+        variants = args.variants or (KEY_VARIANTS if args.gpu else
+                                     ("primary_only", "early_lowres", "segfuse_dropout") if args.quick
+                                     else variants_of(task))
+        unknown = sorted(set(variants) - set(variants_of(task)))
+        if unknown:
+            print(f"task {key} has no variants {unknown}; it has {list(variants_of(task))}", file=sys.stderr)
+            return 2
+        folds = folds_of([c for c, _ in subjects], len(subjects) if limit else args.folds)
         for variant in variants:
-            result_path = out / "results" / f"{variant}_fold{fold}.json"
-            result_path.parent.mkdir(parents=True, exist_ok=True)
-            if not result_path.is_file():
-                job = {"variant": variant, "fold": fold, "val_cases": folds[fold], "minutes": minutes,
-                       "out": str(out), "result": str(result_path)}
-                print(f"[brats_fusion] {variant} fold {fold}: training {minutes:g} min on "
-                      f"{len(case_ids) - len(folds[fold])} subjects, evaluating {folds[fold]}", flush=True)
-                subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], check=True)
-            results.append(json.loads(result_path.read_text()))
-    table = summarise(results)
-    header = (f"BraTS fusion value, {len(list(fold_ids))} fold(s) of {args.folds}, {minutes:g} min per run, "
-              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\nCommand: `{' '.join(sys.argv)}`")
-    (out / "results.md").write_text(header + "\n\n" + table + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=float))
+            early = stacked(task, manifest, variant.removeprefix("early_"), tag) if variant.startswith("early_") \
+                else None
+            base = {"task": key, "variant": variant, "mode": mode, "gpu": args.gpu, "scale": list(scale), "tag": tag,
+                    "manifest": str(manifest), "early_manifest": str(early) if early else None,
+                    "minutes": minutes, "snapshots": snapshots, "threads": args.threads, "out": str(out),
+                    "keep_checkpoints": args.keep_checkpoints, "val_cases": folds[0], "name": "memory", "fold": 0,
+                    "quick": args.quick}
+            if variant != "segfuse_dropout" and not args.gpu:  # the dropout model's step is segfuse's
+                path = out / "results" / f"memory_{key}_{variant}.json"
+                if not path.is_file():
+                    _spawn("--memory-worker", {**base, "result": str(path)}, {"MALLOC_MMAP_THRESHOLD_": "1048576"})
+                memory.append(json.loads(path.read_text()))
+            for fold in fold_ids if fold_ids is not None else range(len(folds)):
+                path = out / "results" / f"{key}_{variant}_fold{fold}.json"
+                if not path.is_file():
+                    job = {**base, "fold": fold, "val_cases": folds[fold], "name": f"{key}_{variant}_fold{fold}",
+                           "result": str(path)}
+                    print(f"[brats_fusion] task {key} {variant} fold {fold}: {minutes:g} min on "
+                          f"{len(subjects) - len(folds[fold])} subjects, evaluating {folds[fold]}", flush=True)
+                    _spawn("--worker", job)
+                results.append(json.loads(path.read_text()))
+    if args.prepare_only:
+        print(f"wrote the manifests and low-resolution copies under {args.data_dir}")
+        return 0
+    header = (f"BraTS fusion study (issue 12), mode {mode}, {minutes:g} min optimisation per run, auxiliaries at "
+              f"{tag}, snapshots {snapshots}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\nCommand: `{' '.join(sys.argv)}`")
+    snapshot_names = [f"{round(f * 100):03d}pct" for f in snapshots]
+    text = report(results, memory, snapshot_names)
+    (out / "results.md").write_text(header + "\n\n" + text + "\n")
+    payload = {"header": header, "goals_preregistered": GOALS, "goals": goals(results, memory), "runs": results,
+               "step_memory": memory, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+    (out / "results.json").write_text(json.dumps(payload, indent=2, default=float))
     print(header)
-    print(table)
+    print(text)
     return 0
 
 

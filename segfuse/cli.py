@@ -136,12 +136,23 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="boundary tolerance of the normalised surface Dice, in mm (default: 1.0)",
     )
+    parser.add_argument(
+        "--regions",
+        nargs="+",
+        default=None,
+        metavar="REGION",
+        help="score label regions instead of labels: 'brats' (whole_tumour=1,2,4 tumour_core=1,4 "
+        "enhancing_tumour=4), NAME=V,V ... items, or a file holding them (a checkpoint, a run's config.yaml "
+        "with data.regions, a YAML/JSON with regions, an nnU-Net dataset.json with list-valued labels)",
+    )
 
 
 def _evaluate_run(args: argparse.Namespace) -> int:
+    from segfuse.data.regions import regions_from_arguments
     from segfuse.evaluation.evaluate import evaluate
 
-    result = evaluate(args.pred, args.ref, args.out, tolerance_mm=args.tolerance_mm)
+    regions = regions_from_arguments(args.regions) if args.regions else None
+    result = evaluate(args.pred, args.ref, args.out, regions=regions, tolerance_mm=args.tolerance_mm)
     print(result.table())
     print(f"wrote {result.out_dir / 'per_case.csv'}, summary.json and dice_boxplot.png")
     return 0

@@ -74,12 +74,20 @@ class DataConfig:
     (:mod:`segfuse.data.store`; ``segfuse preprocess``, or ``segfuse train`` when it
     is missing), which training reads lazily. ``store``: its folder (default
     ``<experiment.output_dir>/preprocessed/<hash of the preprocessing keys>``).
+
+    ``regions`` (optional): region name → label values, broadest first, e.g.
+    ``{whole_tumour: [1, 2, 4], tumour_core: [1, 4], enhancing_tumour: [4]}``. With
+    regions the network has one sigmoid output per region, trained on multi-hot
+    targets, validated and evaluated per region, and written back as a label map
+    by painting the regions in order (:mod:`segfuse.data.regions`); ``null``
+    (the default) trains one softmax class per label.
     """
 
     dataset: str = ""
     primary: str | None = None
     aux: dict[str, AuxSpec] = field(default_factory=dict)
     labels: dict[int, str] = field(default_factory=dict)
+    regions: dict[str, list[int]] | None = None
     target_spacing: list[float] | None = None
     primary_norm: ModalityNorm = field(default_factory=ModalityNorm)
     val_fraction: float = 0.2
@@ -130,6 +138,9 @@ class TrainingConfig:
     without validation cases, ``checkpoint_best.pt`` is the last weights.
     ``num_workers`` threads build batches ahead of the optimiser (``null``: 0 on
     CPU, up to 8 beside a GPU); it changes speed, never which batches are drawn.
+    ``snapshots``: fractions of the run (of the time budget with ``schedule: time``,
+    else of the iterations), e.g. ``[0.5]``, at which a copy of the weights is kept
+    as ``checkpoint_050pct.pt``, to show how results move during training.
     """
 
     patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
@@ -151,6 +162,7 @@ class TrainingConfig:
     num_threads: int | None = None
     num_workers: int | None = None
     val_every: int = 1
+    snapshots: list[float] = field(default_factory=list)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -296,6 +308,10 @@ def validate(cfg: Config) -> Config:
             raise SegfuseInputError(f"config key data.aux.{name}.fusion: {spec.fusion!r} is not one of {FUSION_MODES}")
         if not 0.0 <= spec.dropout < 1.0:
             raise SegfuseInputError(f"config key data.aux.{name}.dropout: must be in [0, 1), got {spec.dropout}")
+    if cfg.data.regions is not None:
+        from segfuse.data.regions import check_regions
+
+        check_regions(cfg.data.regions, cfg.data.labels or None)
     for key, value in (("training.optimizer", cfg.training.optimizer),):
         if value not in ("adamw", "sgd"):
             raise SegfuseInputError(f"config key {key}: expected 'adamw' or 'sgd', got {value!r}")
@@ -311,6 +327,10 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.training.val_every < 0:
         raise SegfuseInputError(f"config key training.val_every: must be >= 0 (0: never), got {cfg.training.val_every}")
+    if any(not 0.0 < f < 1.0 for f in cfg.training.snapshots):
+        raise SegfuseInputError(
+            f"config key training.snapshots: fractions of the run in (0, 1), got {cfg.training.snapshots}"
+        )
     if not 0.0 <= cfg.inference.overlap < 1.0:
         raise SegfuseInputError(f"config key inference.overlap: must be in [0, 1), got {cfg.inference.overlap}")
     if cfg.model.context_slices and dims == 3:

@@ -8,7 +8,8 @@ absent), :func:`ablate` predicts a labelled dataset once per variant:
 * ``none``: every auxiliary removed;
 
 evaluates each run with :func:`segfuse.evaluation.evaluate.evaluate` and reports
-per-class mean Dice, the mean over classes and the drop of that mean against
+per-class mean Dice (per region for a model trained with ``data.regions``),
+the mean over classes and the drop of that mean (and of each class) against
 ``all``. Variants that remove the same set of auxiliaries (``without_x`` and
 ``none`` with a single auxiliary) are predicted once.
 
@@ -41,7 +42,7 @@ class AblationResult:
 
     Attributes:
         rows: one dict per variant: ``variant``, ``dropped`` (list of names),
-            ``dice`` (class name → mean Dice), ``mean_dice``, ``drop_vs_all``.
+            ``dice`` (class name → mean Dice), ``mean_dice``, ``drop_vs_all``, ``dice_drop_vs_all`` (per class).
         classes: class names, in label order.
         out_dir: folder holding ``ablation.csv``, ``ablation.json`` and each variant's runs.
     """
@@ -139,7 +140,8 @@ def ablate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     labels = {v: n for v, n in (model.cfg.data.labels or dataset.labels).items() if int(v) != 0}
-    classes = list(labels.values())
+    regions = model.cfg.data.regions  # a region-trained model is scored per region
+    classes = list(regions) if regions else list(labels.values())
 
     by_dropped: dict[frozenset[str], EvaluationResult] = {}
     rows: list[dict[str, Any]] = []
@@ -152,7 +154,8 @@ def ablate(
                 raise SegfuseInputError(f"ablation variant {variant!r}: prediction failed; {run.summary()}")
             manifest = _write_eval_manifest(folder / "evaluation_pairs.csv", pred_dir, dataset)
             by_dropped[dropped] = evaluate(
-                manifest, None, folder / "evaluation", labels=labels, tolerance_mm=tolerance_mm, progress=progress
+                manifest, None, folder / "evaluation", labels=labels, regions=regions, tolerance_mm=tolerance_mm,
+                progress=progress,
             )
         summary = by_dropped[dropped].summary
         dice = {name: summary["classes"][name]["metrics"]["dice"]["mean"] for name in classes}
@@ -161,6 +164,10 @@ def ablate(
     for row in rows:
         mean = row["mean_dice"]
         row["drop_vs_all"] = None if reference is None or mean is None else reference - mean
+        row["dice_drop_vs_all"] = {
+            c: None if rows[0]["dice"][c] is None or row["dice"][c] is None else rows[0]["dice"][c] - row["dice"][c]
+            for c in classes
+        }
 
     result = AblationResult(rows=rows, classes=classes, out_dir=out_dir)
     buf = io.StringIO()
@@ -182,7 +189,11 @@ def ablate(
         "classes": classes,
         "tolerance_mm": tolerance_mm,
         "variants": rows,
-        "notes": ["dice values are per-class means over cases", "drop_vs_all = mean_dice(all) - mean_dice(variant)"],
+        "regions": regions,
+        "notes": [
+            "dice values are per-class (or per-region) means over cases",
+            "drop_vs_all = mean_dice(all) - mean_dice(variant); dice_drop_vs_all: the same per class",
+        ],
     }
     atomic_write_text(out_dir / "ablation.json", json.dumps(payload, indent=2) + "\n")
     return result

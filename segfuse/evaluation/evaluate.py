@@ -16,6 +16,9 @@ Rules:
 - Label values found in any image must be 0 (background) or listed in
   ``labels``. By default ``labels`` is every non-zero value found in the
   references, named ``label_<v>``.
+- With ``regions`` (name → label values, e.g. BraTS whole tumour ``1, 2, 4``)
+  each region is scored instead of each label: a row per case and region, whose
+  ``label`` column holds the region's values joined by ``+`` (``1+2+4``).
 
 Metric definitions and the empty-mask rules are in :mod:`segfuse.evaluation.metrics`.
 
@@ -39,7 +42,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from segfuse.evaluation.metrics import METRIC_NAMES, case_metrics
+from segfuse.evaluation.metrics import METRIC_NAMES, case_metrics, region_case_metrics, region_key
 from segfuse.io.atomic import atomic_write, atomic_write_text
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.geometry import describe_affine, same_grid
@@ -390,6 +393,7 @@ def evaluate(
     out_dir: Path,
     *,
     labels: Mapping[int, str] | None = None,
+    regions: Mapping[str, Sequence[int]] | None = None,
     tolerance_mm: float = 1.0,
     progress: bool = True,
 ) -> EvaluationResult:
@@ -403,6 +407,9 @@ def evaluate(
             ``summary.json`` and ``dice_boxplot.png``.
         labels: foreground label value -> class name. Default: every non-zero
             value found in the references, named ``label_<v>``.
+        regions: region name → label values (broadest first, as in ``data.regions``):
+            score these unions of labels instead of each label. Values outside
+            every region (and outside ``labels``, when given) are errors.
         tolerance_mm: boundary tolerance of the normalised surface Dice, in mm.
         progress: show a tqdm bar over cases.
 
@@ -425,13 +432,22 @@ def evaluate(
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
 
-    label_map = _default_labels(pairs, progress) if labels is None else _normalise_labels(labels)
+    if regions is not None:
+        from segfuse.data.regions import check_regions
+
+        check_regions(regions, paintable=False)
+        member_values = {int(v) for values in regions.values() for v in values}
+        declared = member_values | (set(_normalise_labels(labels)) if labels is not None else set())
+        allowed = declared | {0}
+        label_map = {region_key(values): str(name) for name, values in regions.items()}
+    else:
+        label_map = _default_labels(pairs, progress) if labels is None else _normalise_labels(labels)
+        allowed = set(label_map) | {0}
     if not label_map:
         raise SegfuseInputError(
             f"{ref or pred}: the references contain no foreground label; pass labels= "
             "to evaluate classes that are absent everywhere"
         )
-    allowed = set(label_map) | {0}
 
     rows: list[dict[str, Any]] = []
     for case, pred_path, ref_path in tqdm(
@@ -446,13 +462,19 @@ def evaluate(
             if unknown:
                 raise SegfuseInputError(
                     f"{path}: {role} of case {case!r} has label values {unknown} that are not "
-                    f"in labels {sorted(label_map)} (0 is background); pass labels= to name them"
+                    f"in labels {sorted(allowed - {0})} (0 is background); pass labels= to name them"
                 )
         spacing = tuple(float(s) for s in r_vol.spacing)[: r_arr.ndim]
-        for row in case_metrics(p_arr, r_arr, spacing, label_map, tolerance_mm=tolerance_mm):
+        if regions is not None:
+            case_rows = region_case_metrics(p_arr, r_arr, spacing, regions, tolerance_mm=tolerance_mm)
+        else:
+            case_rows = case_metrics(p_arr, r_arr, spacing, label_map, tolerance_mm=tolerance_mm)
+        for row in case_rows:
             rows.append({"case_id": case, **row})
 
     summary = _summarise(rows, label_map, tolerance_mm, len(pairs), notes)
+    if regions is not None:
+        summary["regions"] = {str(name): [int(v) for v in values] for name, values in regions.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     _write_csv(out_dir / "per_case.csv", rows)
     atomic_write_text(

@@ -55,7 +55,7 @@ from monai.metrics import (
     compute_surface_dice,
 )
 
-__all__ = ["METRIC_NAMES", "case_metrics"]
+__all__ = ["METRIC_NAMES", "case_metrics", "region_case_metrics", "region_key"]
 
 #: Numeric columns of a metrics row, in output order.
 METRIC_NAMES: tuple[str, ...] = (
@@ -196,4 +196,38 @@ def case_metrics(
                 "note": note,
             }
         )
+    return rows
+
+
+def region_key(values: Sequence[int]) -> str:
+    """The ``label`` column of a region's rows: its label values joined by ``+`` (``"1+2+4"``)."""
+    return "+".join(str(int(v)) for v in values)
+
+
+def region_case_metrics(
+    pred: np.ndarray,
+    ref: np.ndarray,
+    spacing: Sequence[float],
+    regions: Mapping[str, Sequence[int]],
+    tolerance_mm: float = 1.0,
+) -> list[dict[str, Any]]:
+    """:func:`case_metrics` per label region (a union of label values, e.g. BraTS tumour core = 1 ∪ 4).
+
+    Each region is scored as a binary mask in both label maps, with the same
+    metrics and empty-mask rules as a class. Rows are in region order; their
+    ``label`` is :func:`region_key` of the region's values and ``name`` its name.
+
+    Example:
+        >>> ref = np.zeros((8, 8, 8), np.uint8); ref[2:6, 2:6, 2:6] = 2; ref[3:5, 3:5, 3:5] = 4
+        >>> rows = region_case_metrics(ref, ref, (1.0,) * 3, {"whole": [1, 2, 4], "enhancing": [4]})
+        >>> [(r["label"], r["name"], r["dice"]) for r in rows]
+        [('1+2+4', 'whole', 1.0), ('4', 'enhancing', 1.0)]
+    """
+    rows = []
+    for name, values in regions.items():
+        members = np.asarray([int(v) for v in values])
+        binary_pred = np.isin(pred, members).astype(np.uint8)
+        binary_ref = np.isin(ref, members).astype(np.uint8)
+        (row,) = case_metrics(binary_pred, binary_ref, spacing, {1: name}, tolerance_mm=tolerance_mm)
+        rows.append({**row, "label": region_key(values)})
     return rows

@@ -14,10 +14,13 @@ from segfuse.data.preprocess import PreparedCase
 from segfuse.inference.windows import sliding_window_multires
 
 
-def _predictor(model: torch.nn.Module, amp: bool):
+def _predictor(model: torch.nn.Module, amp: bool, sigmoid: bool = False):
+    """Probabilities of one window: softmax over classes, or a sigmoid per region (``sigmoid``)."""
+
     def run(x: torch.Tensor, aux: dict[str, torch.Tensor | None]) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=amp and x.device.type == "cuda"):
-            return torch.softmax(model(x, aux=aux).float(), dim=1)
+            logits = model(x, aux=aux).float()
+            return torch.sigmoid(logits) if sigmoid else torch.softmax(logits, dim=1)
 
     return run
 
@@ -35,6 +38,9 @@ def predict_prepared(
 ) -> torch.Tensor:
     """Class probabilities ``(K, *case.shape)`` (float32, CPU) for a prepared case.
 
+    With ``cfg.data.regions`` the ``K`` channels are the regions' sigmoid
+    probabilities (they overlap and need not sum to 1).
+
     Args:
         model: a FusionUNet (in eval mode).
         cfg: the run :class:`segfuse.config.Config` (mode, roi, overlap, …).
@@ -46,7 +52,7 @@ def predict_prepared(
     axes = [a for a in (cfg.inference.mirror_axes if mirror_axes is None else mirror_axes) if a < cfg.spatial_dims]
     scales = {name: tuple(spec.scale) for name, spec in cfg.data.aux.items()}
     aux_arrays = {name: (None if name in drop_aux else case.aux.get(name)) for name in scales}
-    predictor = _predictor(model, cfg.training.amp)
+    predictor = _predictor(model, cfg.training.amp, sigmoid=bool(cfg.data.regions))
     options = dict(
         overlap=cfg.inference.overlap,
         sw_batch_size=cfg.inference.sw_batch_size,

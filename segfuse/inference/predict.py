@@ -20,7 +20,8 @@ For one case (:func:`predict_case`):
    they are first resampled by physical coordinates onto the canonical source
    grid. Outside the network's field of view the probabilities are 0 and the
    label is background;
-5. the argmax becomes label values, written on the source volume's grid
+5. the argmax becomes label values (with ``data.regions``: the regions above 0.5
+   are painted in order, :func:`segfuse.data.regions.labels_from_regions`), written on the source volume's grid
    (shape, affine, qform/sform codes) in the smallest integer dtype, atomically;
    optionally the probability map (float32, channels last) and a QC picture.
 
@@ -256,8 +257,16 @@ def _to_source_grid(probs: np.ndarray, affine: np.ndarray, prepared: PreparedCas
     return from_canonical(probs, canon_affine, source.affine)
 
 
-def _labels_from(probs: np.ndarray, values: Sequence[int]) -> np.ndarray:
-    """Argmax over classes, mapped to label values, in the smallest integer dtype."""
+def _labels_from(probs: np.ndarray, values: Sequence[int], regions: Mapping[str, Sequence[int]] | None = None):
+    """Argmax over classes, mapped to label values, in the smallest integer dtype.
+
+    With ``regions`` the channels are region probabilities, painted in order
+    (:func:`segfuse.data.regions.labels_from_regions`).
+    """
+    if regions:
+        from segfuse.data.regions import labels_from_regions
+
+        return labels_from_regions(probs, regions)
     index = probs.argmax(axis=0)
     lut = np.asarray(values if len(values) == probs.shape[0] else range(probs.shape[0]))
     return lut[index].astype(smallest_label_dtype(int(lut.max())))
@@ -290,7 +299,7 @@ def predict_case(
         case: the scans (a :class:`~segfuse.data.layouts.Case`; its label is ignored).
         out_path: the label file (``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``); its folder must exist.
         save_probabilities: ``True`` writes ``<out>_probabilities.nii.gz`` beside ``out_path``;
-            a path writes there. The map is float32 ``(*input shape, K)``.
+            a path writes there. The map is float32 ``(*input shape, K)`` (K regions with ``data.regions``).
         qc_path: write a QC PNG there (slices with the mask over the primary and each auxiliary);
             ``True`` writes ``<out>_qc.png`` beside ``out_path``.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (used when loading a checkpoint).
@@ -325,10 +334,11 @@ def predict_case(
     probs = predict_prepared(
         model.net, model.cfg, prepared, device=model.device, mirror_axes=axes, progress=progress
     ).numpy()
-    network_labels = _labels_from(probs, model.label_values) if qc_path is not None else None
+    regions = model.cfg.data.regions
+    network_labels = _labels_from(probs, model.label_values, regions) if qc_path is not None else None
     probs = _to_source_grid(probs, prepared.affine, prepared)
     source = prepared.source
-    labels = _labels_from(probs, model.label_values).reshape(source.shape)
+    labels = _labels_from(probs, model.label_values, regions).reshape(source.shape)
 
     prob_path = None
     if save_probabilities:

@@ -10,7 +10,8 @@ def build_model(cfg, in_channels: int = 1) -> FusionUNet:
 
     ``in_channels`` is the primary's channel count; in 2.5D mode it is multiplied
     by the ``2 * context_slices + 1`` neighbouring slices. In 2D mode each auxiliary
-    keeps the in-plane part ``(sx, sy)`` of its scale.
+    keeps the in-plane part ``(sx, sy)`` of its scale. With ``data.regions`` the
+    network has one output channel per region (sigmoid), else one per label (softmax).
     """
     dims = cfg.spatial_dims
     aux = [
@@ -31,7 +32,7 @@ def build_model(cfg, in_channels: int = 1) -> FusionUNet:
     return FusionUNet(
         spatial_dims=dims,
         in_channels=channels,
-        num_classes=max(len(cfg.data.labels), 2),
+        num_classes=len(cfg.data.regions) if cfg.data.regions else max(len(cfg.data.labels), 2),
         aux=aux,
         allow_missing_aux=any(spec.dropout > 0 for spec in cfg.data.aux.values()),
         encoder_depth=cfg.model.encoder_depth,

@@ -1,6 +1,7 @@
 """``segfuse train``: the training loop, validation, checkpoints and resume.
 
-Behaviour is set by the config (no subclassing): DiceCE loss (MONAI), optional
+Behaviour is set by the config (no subclassing): DiceCE loss (MONAI; Dice + BCE
+with a sigmoid per region when ``data.regions`` is set), optional
 deep supervision, AdamW or SGD with warm-up and poly decay, gradient clipping,
 AMP on CUDA, validation with sliding-window inference and MONAI's DiceMetric,
 ``checkpoint_best.pt`` and ``checkpoint_last.pt``, and a run folder with the
@@ -113,10 +114,10 @@ def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
 
 
 def _loss(cfg: Config) -> torch.nn.Module:
-    from monai.losses import DeepSupervisionLoss, DiceCELoss
+    """Softmax DiceCE over classes, or Dice + BCE per region (:mod:`segfuse.training.losses`)."""
+    from segfuse.training.losses import build_loss
 
-    loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    return DeepSupervisionLoss(loss, weight_mode="exp") if cfg.model.deep_supervision else loss
+    return build_loss(cfg)
 
 
 def _margin(cfg: Config, lcm: tuple[int, ...]) -> list[int]:
@@ -209,7 +210,7 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
 def validate(
     model: torch.nn.Module, cfg: Config, cases: list[PreparedCase | StoredCase], device: torch.device
 ) -> dict[str, float]:
-    """Mean Dice per foreground class over ``cases`` (sliding-window inference, MONAI DiceMetric).
+    """Mean Dice per foreground class (or per region) over ``cases`` (sliding-window inference, MONAI Dice).
 
     A stored case is read from the store when its turn comes, so one case at a time is in memory.
     """
@@ -218,20 +219,31 @@ def validate(
     from monai.metrics import compute_dice
     from monai.networks.utils import one_hot
 
+    from segfuse.training.losses import class_indices
+
     num_classes = max(len(cfg.data.labels), 2)
+    regions = cfg.data.regions
     model.eval()
     scores = []
     for case in cases:
         if isinstance(case, StoredCase):
             case = case.load()
         probabilities = predict_prepared(model, cfg, case, device=device, mirror_axes=[])
-        pred = probabilities.argmax(0)[None, None]
         ref = torch.from_numpy(case.label.astype(np.int64))[None, None]
+        if regions:  # one sigmoid per region: Dice of each thresholded region against its multi-hot target
+            from segfuse.data.regions import THRESHOLD, region_targets
+
+            pred_regions = (probabilities[None] > THRESHOLD).float()
+            scores.append(compute_dice(pred_regions, region_targets(ref, regions), include_background=True,
+                                       ignore_empty=True)[0])
+            continue
+        pred = probabilities.argmax(0)[None, None]
+        ref = class_indices(ref, sorted(cfg.data.labels) if cfg.data.labels else [0, 1])
         scores.append(compute_dice(one_hot(pred, num_classes), one_hot(ref, num_classes), include_background=False,
                                    ignore_empty=True)[0])
     per_class = torch.nanmean(torch.stack(scores), dim=0).tolist()
     model.train()
-    names = [cfg.data.labels[k] for k in sorted(cfg.data.labels) if k != 0]
+    names = list(regions) if regions else [cfg.data.labels[k] for k in sorted(cfg.data.labels) if k != 0]
     row = {f"val_dice_{n}": float(v) for n, v in zip(names, per_class, strict=False)}
     valid = [v for v in per_class if not math.isnan(v)]
     row["val_mean_dice"] = float(np.mean(valid)) if valid else float("nan")
@@ -410,6 +422,9 @@ def train(
     pin = device.type == "cuda"
     workers = resolve_workers(cfg.training.num_workers, device.type)
 
+    done_fraction = min(train_seconds / budget, 1.0) if by_time else iteration / max(1, total)
+    pending_snapshots = sorted(f for f in cfg.training.snapshots if f > done_fraction)
+
     build = functools.partial(_iteration_batch, padded, cfg, margin, cfg.experiment.seed, rank)
     speed_check = SpeedCheck(cfg, enabled=is_main)  # warns when the speed leaves too few iterations
     with _signals(flag), BatchPrefetcher(build, start=iteration, workers=workers, pin=pin) as batches:
@@ -445,6 +460,11 @@ def train(
                 s_per_it=f"{train_seconds / max(1, iteration):.2f}",
             )
 
+            progress_done = min(train_seconds / budget, 1.0) if by_time else iteration / total
+            for fraction in pending_snapshots[:]:
+                if progress_done >= fraction:  # weights part-way through the run (training.snapshots)
+                    pending_snapshots.remove(fraction)
+                    checkpoint(f"checkpoint_{round(fraction * 100):03d}pct.pt", gather=False)
             epoch_end = iteration % cfg.training.iterations_per_epoch == 0 or iteration == total
             out_of_time = budget is not None and train_seconds > budget
             stop = flag.requested or out_of_time or (interrupt_at is not None and iteration >= interrupt_at)

@@ -1,0 +1,87 @@
+"""benchmarks/brats_fusion.py's statistics and pre-registered goal verdicts, on synthetic results."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+spec = importlib.util.spec_from_file_location(
+    "brats_fusion", Path(__file__).resolve().parents[1] / "benchmarks" / "brats_fusion.py"
+)
+bench = importlib.util.module_from_spec(spec)
+sys.modules["brats_fusion"] = bench  # dataclasses look their module up
+spec.loader.exec_module(bench)
+
+CASES = [f"s{i:02d}" for i in range(12)]
+REGIONS = ("whole_tumour", "tumour_core", "enhancing_tumour")
+
+
+def _run(task: str, variant: str, dice: dict[str, float], spi: float = 1.0, settings=("all",)) -> dict:
+    regions = REGIONS if task == "B" else ("whole_tumour",)
+    rows = [{"case_id": c, "name": r, "dice": d, "hd95_mm": 3.0} for c, d in dice.items() for r in regions]
+    return {"task": task, "variant": variant, "fold": 0, "tag": "2x2x4mm", "seconds_per_iteration": spi,
+            "iterations": 10, "peak_rss_train_mib": 100.0, "scores": {"final": {s: rows for s in settings}}}
+
+
+def _results(segfuse_shift: float) -> list[dict]:
+    rng = np.random.default_rng(0)
+    early = {c: 0.8 + 0.05 * rng.standard_normal() for c in CASES}
+    out = []
+    for task in ("A", "B"):
+        out += [
+            _run(task, "early_lowres", early, spi=1.0),
+            _run(task, "early_1mm", {c: d + 0.05 for c, d in early.items()}),
+            _run(task, "segfuse", {c: d + segfuse_shift for c, d in early.items()}, spi=0.9),
+            _run(task, "primary_only", {c: 0.4 for c in CASES}),
+        ]
+    out.append(_run("A", "segfuse_dropout", {c: 0.39 for c in CASES}, settings=("all", "without flair_2x2x4mm")))
+    return out
+
+
+MEMORY = [{"task": t, "variant": v, "step_peak_mib": m} for t in ("A", "B")
+          for v, m in (("segfuse", 80.0), ("early_lowres", 100.0))]
+
+
+def test_bootstrap_ci_brackets_the_mean_and_shrinks_with_agreement():
+    d = np.array([0.01, 0.02, -0.01, 0.03, 0.0, 0.02])
+    lo, hi = bench.bootstrap_ci(d)
+    assert lo < d.mean() < hi
+    assert bench.bootstrap_ci(np.full(6, 0.02)) == pytest.approx((0.02, 0.02))
+
+
+def test_paired_differences_count_wins_and_losses():
+    table = bench.per_subject(_results(segfuse_shift=0.02))
+    p = bench.paired(table, "B", "segfuse", "early_lowres", "mean")
+    assert p["n"] == 12 and p["wins"] == 12 and p["losses"] == 0
+    assert p["mean"] == pytest.approx(0.02)
+
+
+@pytest.mark.parametrize("shift, goal1, goal2", [(0.0, "met", "missed"), (0.04, "met", "met"),
+                                                 (-0.05, "missed", "missed")])
+def test_goal_verdicts_follow_the_figures(shift, goal1, goal2):
+    verdicts = {g["goal"]: g for g in bench.goals(_results(shift), MEMORY)}
+    assert verdicts[1]["verdict"] == goal1
+    assert verdicts[2]["verdict"] == goal2  # 98 % of early_1mm (early + 0.05): a 0.0 shift is below it
+    assert [(c["task"], c["region"]) for c in verdicts[1]["checks"]] == [("A", "whole_tumour"), ("B", "whole_tumour"),
+                                                                         ("B", "mean")]
+    assert verdicts[3]["verdict"] == "met"  # FLAIR absent 0.39 >= primary only 0.40 - 0.02
+    assert verdicts[4]["verdict"] == "met"  # memory 0.8x, time 0.9x
+
+
+def test_goal_three_and_four_can_be_missed():
+    results = _results(0.0)
+    results[-1] = _run("A", "segfuse_dropout", {c: 0.37 for c in CASES}, settings=("all", "without flair_2x2x4mm"))
+    memory = [{**m, "step_peak_mib": 90.0} if m["variant"] == "segfuse" else m for m in MEMORY]
+    verdicts = {g["goal"]: g["verdict"] for g in bench.goals(results, memory)}
+    assert verdicts[3] == "missed" and verdicts[4] == "missed"
+    assert {g["goal"]: g["verdict"] for g in bench.goals(results[:4], [])}[4] == "not evaluated"
+
+
+def test_goal_three_says_when_it_is_partial():
+    results = [*_results(0.0), _run("B", "segfuse_dropout", {c: 0.8 for c in CASES}, settings=("all", "none"))]
+    verdict = {g["goal"]: g["verdict"] for g in bench.goals(results, MEMORY)}[3]
+    assert verdict.startswith("met (partial") and "segfuse_no_flair" in verdict
