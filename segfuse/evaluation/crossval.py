@@ -46,7 +46,16 @@ from segfuse.io.checkpoint import load_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.training.logging import LOG_NAME, log_file
 
-__all__ = ["VALIDATION_DIR", "CVSummary", "Comparison", "Configuration", "cv_summary", "predict_validation"]
+__all__ = [
+    "VALIDATION_DIR",
+    "CVSummary",
+    "Comparison",
+    "Configuration",
+    "Ranking",
+    "compare_configurations",
+    "cv_summary",
+    "predict_validation",
+]
 
 #: Folder of a fold run holding its out-of-fold predictions.
 VALIDATION_DIR = "validation"
@@ -221,6 +230,64 @@ def _paired(best: np.ndarray, other: np.ndarray, n_bootstrap: int, seed: int) ->
 
 
 @dataclass
+class Ranking:
+    """:func:`compare_configurations`' result: shared cases and classes, means, ranking, paired comparisons."""
+
+    cases: list[str]
+    classes: list[str]
+    means: dict[str, dict[str, float]]
+    ranking: list[str]
+    comparisons: list[Comparison]
+    notes: list[str]
+
+
+def compare_configurations(
+    dice: dict[str, dict[str, dict[str, float]]], *, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0
+) -> Ranking:
+    """Rank configurations by mean per-case Dice on their shared cases; pair the best with each other one.
+
+    Args:
+        dice: configuration → case id → class (or region) name → Dice.
+        n_bootstrap, seed: the bootstrap of the 95 % intervals.
+
+    Example:
+        >>> r = compare_configurations({"a": {"c0": {"x": 0.9}, "c1": {"x": 0.7}},
+        ...                             "b": {"c0": {"x": 0.8}, "c1": {"x": 0.6}}})
+        >>> r.ranking, round(r.comparisons[0].mean_difference, 6), r.comparisons[0].wins
+        (['a', 'b'], 0.1, 2)
+    """
+    notes: list[str] = []
+    names = list(dice)
+    cases = sorted(set.intersection(*(set(dice[n]) for n in names)))
+    if not cases:
+        raise SegfuseInputError(
+            "the configurations share no case: " + "; ".join(f"{n}: {sorted(dice[n])[:5]}..." for n in names)
+        )
+    for name in names:
+        if len(dice[name]) != len(cases):
+            notes.append(f"{name}: {len(dice[name]) - len(cases)} of its cases are not shared; compared on the others")
+    classes = [k for k in dice[names[0]][cases[0]] if all(k in dice[n][case] for n in names for case in cases)]
+    if not classes:
+        raise SegfuseInputError(f"the configurations share no class: {[sorted(dice[n][cases[0]]) for n in names]}")
+
+    def scores(name: str, cls: str | None) -> np.ndarray:
+        if cls is None:
+            return np.array([np.mean([dice[name][case][k] for k in classes]) for case in cases])
+        return np.array([dice[name][case][cls] for case in cases])
+
+    means = {n: {"mean": float(scores(n, None).mean()), **{k: float(scores(n, k).mean()) for k in classes}}
+             for n in names}
+    ranking = sorted(names, key=lambda n: -means[n]["mean"])  # stable: ties keep the order given
+    best = ranking[0]
+    comparisons = []
+    for name in ranking[1:]:
+        overall = _paired(scores(best, None), scores(name, None), n_bootstrap, seed)
+        per_class = {k: _paired(scores(best, k), scores(name, k), n_bootstrap, seed) for k in classes}
+        comparisons.append(Comparison(best, name, len(cases), classes=per_class, **overall))
+    return Ranking(cases, classes, means, ranking, comparisons, notes)
+
+
+@dataclass
 class CVSummary:
     """What :func:`cv_summary` computed and wrote (``cv_summary.json``, ``cv_per_case.csv``)."""
 
@@ -345,41 +412,16 @@ def cv_summary(
         _score_configuration(run, name, out_dir, device=device, tolerance_mm=tolerance_mm, progress=progress)
         for run, name in zip(run_paths, _unique_names(run_paths), strict=True)
     ]
-    notes: list[str] = []
-    cases = sorted(set.intersection(*(set(c.dice) for c in configs)))
-    if not cases:
-        raise SegfuseInputError(
-            "the configurations share no case: " + "; ".join(f"{c.name}: {sorted(c.dice)[:5]}..." for c in configs)
-        )
-    for c in configs:
-        if len(c.dice) != len(cases):
-            notes.append(f"{c.name}: {len(c.dice) - len(cases)} of its cases are not shared; compared on the others")
-    classes = [k for k in configs[0].dice[cases[0]] if all(k in c.dice[cases[0]] for c in configs)]
-
-    def scores(config: Configuration, cls: str | None) -> np.ndarray:
-        if cls is None:
-            return np.array([np.mean([config.dice[case][k] for k in classes]) for case in cases])
-        return np.array([config.dice[case][cls] for case in cases])
-
-    means = {c.name: {"mean": float(scores(c, None).mean()), **{k: float(scores(c, k).mean()) for k in classes}}
-             for c in configs}
-    ranking = sorted(means, key=lambda n: -means[n]["mean"])
-    by_name = {c.name: c for c in configs}
-    best = by_name[ranking[0]]
-    comparisons = []
-    for name in ranking[1:]:
-        other = by_name[name]
-        overall = _paired(scores(best, None), scores(other, None), n_bootstrap, seed)
-        per_class = {k: _paired(scores(best, k), scores(other, k), n_bootstrap, seed) for k in classes}
-        comparisons.append(Comparison(best.name, name, len(cases), classes=per_class, **overall))
-
-    result = CVSummary(configs, cases, classes, means, ranking, comparisons, out_dir, notes)
+    comparison = compare_configurations({c.name: c.dice for c in configs}, n_bootstrap=n_bootstrap, seed=seed)
+    cases, classes = comparison.cases, comparison.classes
+    result = CVSummary(configs, cases, classes, comparison.means, comparison.ranking, comparison.comparisons, out_dir,
+                       comparison.notes)
     atomic_write_text(out_dir / "cv_summary.json", json.dumps(result.to_dict(), indent=2) + "\n")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["case_id", "configuration", "fold", "class", "dice"])
     for config in configs:
-        for case in cases:
+        for case in result.cases:
             for cls in classes:
                 writer.writerow([case, config.name, config.fold_of[case], cls, f"{config.dice[case][cls]:.6f}"])
             mean = np.mean([config.dice[case][k] for k in classes])
