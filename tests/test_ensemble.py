@@ -101,7 +101,7 @@ def test_a_folder_of_fold_runs_means_each_folds_last_weights(models, tmp_path: P
         for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
             (runs / f"fold_{k}" / name).write_bytes(models["a"].read_bytes())
     (runs / "fold_x").mkdir()  # not a fold: ignored
-    assert expand_checkpoints([runs]) == [runs / "fold_0" / "checkpoint_last.pt", runs / "fold_1" / "checkpoint_last.pt"]
+    assert expand_checkpoints([runs]) == [runs / f"fold_{k}" / "checkpoint_last.pt" for k in (0, 1)]
     assert expand_checkpoints([runs / "fold_1", models["b"]]) == [runs / "fold_1", models["b"]]
     with pytest.raises(SegfuseInputError, match=r"empty: not a checkpoint file, a run folder .* fold runs"):
         expand_checkpoints([tmp_path / "empty"])

@@ -28,6 +28,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,8 @@ __all__ = [
     "cv_summary",
     "predict_validation",
 ]
+
+log = logging.getLogger("segfuse.crossval")
 
 #: Folder of a fold run holding its out-of-fold predictions.
 VALIDATION_DIR = "validation"
@@ -91,7 +94,9 @@ def predict_validation(
     model.checkpoint = Path(state["path"])  # recorded (with its hash) in predictions.json
     _, val_cases = dataset_fold(cfg)
     with log_file(run_dir / LOG_NAME):
-        return predict(model, val_cases, run_dir / VALIDATION_DIR, resume=True, progress=progress)
+        result = predict(model, val_cases, run_dir / VALIDATION_DIR, resume=True, progress=progress)
+        log.info("out-of-fold predictions with %s: %s", model.checkpoint.name, result.summary().replace("\n", "; "))
+    return result
 
 
 # ---------------------------------------------------------------- one configuration
