@@ -67,6 +67,7 @@ def test_paired_comparison_of_designed_scores() -> None:
     assert "1 of its cases are not shared" in compare_configurations(dice).notes[0]
 
 
+@pytest.mark.slow
 def test_cv_summary_scores_every_case_once_from_the_fold_that_validated_it(manifest, tmp_path, capsys) -> None:
     runs = {"alpha": _fold_runs(tmp_path / "runs" / "alpha", manifest, 0),
             "beta": _fold_runs(tmp_path / "runs" / "beta", manifest, 10)}

@@ -61,6 +61,7 @@ def test_an_ensemble_of_a_model_with_itself_equals_the_model(models, case, tmp_p
     np.testing.assert_allclose(probs3, probs, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_an_ensemble_averages_its_members_probabilities(models, case, tmp_path: Path) -> None:
     _, pa = _probabilities(models["a"], case, tmp_path / "a.nii.gz")
     _, pb = _probabilities(models["b"], case, tmp_path / "b.nii.gz")
@@ -109,6 +110,7 @@ def test_a_folder_of_fold_runs_means_each_folds_last_weights(models, tmp_path: P
     assert [p.name for p in ensemble.checkpoints] == ["checkpoint_last.pt", "checkpoint_last.pt"]
 
 
+@pytest.mark.slow
 def test_cli_ensemble_over_a_dataset_records_every_checkpoint_and_resumes(models, tmp_path: Path, capsys) -> None:
     manifest = _manifest(tmp_path / "data", ["a", "b"])
     args = ["predict", "--checkpoint", str(models["a"]), "--checkpoint", str(models["b"]), "--dataset", str(manifest),
@@ -153,6 +155,7 @@ def _cli_predict(ckpt: Path, case, out: Path, *options: str) -> list[tuple[int, 
     return calls
 
 
+@pytest.mark.slow
 def test_roi_overlap_and_batch_size_options_shape_the_windows(models, case, tmp_path: Path) -> None:
     default = _cli_predict(models["a"], case, tmp_path / "d.nii.gz")
     assert {c[2:] for c in default} == {(16, 16, 8)}  # the checkpoint's patch size
