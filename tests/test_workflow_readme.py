@@ -80,7 +80,7 @@ def write_nnunet_dataset(root: Path, n_cases: int, seed: int, shape=(24, 24, 16)
 
 def readme_commands() -> list[list[str]]:
     """The walk-through's ``segfuse`` commands in order, ``for`` loops unrolled over :data:`FOLDS`."""
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text(encoding="utf-8")
     assert HEADING in text, "the README lost its walk-through"
     block = text.split(HEADING, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
     commands: list[list[str]] = []

@@ -129,7 +129,9 @@ class LoadedModel:
         """SHA-256 of the checkpoint file (``None`` for an in-memory model); ``resume`` compares it."""
         return file_sha256(self.checkpoint) if self.checkpoint is not None else None
 
-    def probabilities(self, prepared: PreparedCase, *, mirror_axes: Sequence[int], progress: bool = False):
+    def probabilities(
+        self, prepared: PreparedCase, *, mirror_axes: Sequence[int], progress: bool = False
+    ) -> torch.Tensor:
         """Class probabilities ``(K, *prepared.shape)`` float32 on the CPU (an ensemble averages its members')."""
         return predict_prepared(
             self.net, self.cfg, prepared, device=self.device, mirror_axes=mirror_axes, progress=progress
