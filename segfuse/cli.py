@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -162,7 +163,13 @@ def _evaluate_run(args: argparse.Namespace) -> int:
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file (or a run folder)")
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        action="append",
+        required=True,
+        help="checkpoint file, run folder, or folder of fold runs; repeat it to average several (soft ensemble)",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, help="one case: the primary scan (NIfTI, NRRD, MHA or DICOM folder)")
     source.add_argument("--dataset", type=Path, help="many cases: a dataset folder or a CSV/YAML manifest")
@@ -172,16 +179,26 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="label file for --image; output folder for --dataset")
     parser.add_argument("--probabilities", action="store_true", help="also write the probability maps")
     parser.add_argument("--qc", action="store_true", help="also write QC pictures (PNG)")
-    parser.add_argument("--mirror", action="store_true", help="mirror test-time augmentation on every axis")
+    mirror = parser.add_mutually_exclusive_group()
+    mirror.add_argument("--mirror", action="store_true", help="mirror test-time augmentation on every axis")
+    mirror.add_argument("--no-mirror", action="store_true", help="no mirroring, whatever the checkpoint's config says")
+    parser.add_argument("--overlap", type=float, default=None, help="window overlap in [0, 1) (default: config)")
+    parser.add_argument(
+        "--roi", type=int, nargs="+", default=None, metavar="N", help="sliding-window size per axis (default: config)"
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default: config)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     parser.add_argument("--resume", action="store_true", help="--dataset: skip cases finished with unchanged outputs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _predict_run(args: argparse.Namespace) -> int:
-    from segfuse.inference.predict import case_from_paths, predict, predict_case
+    from segfuse.inference.options import set_inference_options
+    from segfuse.inference.predict import case_from_paths, load_model, predict, predict_case
 
-    mirror = True if args.mirror else None
+    mirror = True if args.mirror else False if args.no_mirror else None
+    model = load_model(args.checkpoint, device=args.device)  # several checkpoints: an ensemble
+    set_inference_options(model, overlap=args.overlap, roi=args.roi, batch_size=args.batch_size)
     if args.image is not None:
         if args.resume:
             raise ValueError("--resume applies to --dataset runs only")
@@ -189,7 +206,7 @@ def _predict_run(args: argparse.Namespace) -> int:
             raise ValueError(f"--aux must look like NAME=PATH, got {args.aux}")
         aux = dict(a.split("=", 1) for a in args.aux)
         result = predict_case(
-            args.checkpoint,
+            model,
             case_from_paths(args.image, aux),
             args.out,
             save_probabilities=args.probabilities,
@@ -203,7 +220,7 @@ def _predict_run(args: argparse.Namespace) -> int:
     if args.aux:
         raise ValueError("--aux applies to --image; a --dataset names its auxiliaries itself")
     batch = predict(
-        args.checkpoint,
+        model,
         args.dataset,
         args.out,
         resume=args.resume,
@@ -248,27 +265,43 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: output_dir/name)")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    parser.add_argument(
+        "--fold",
+        type=int,
+        default=None,
+        metavar="K",
+        help="cross-validation: train fold K of data.folds (default 5) into output_dir/name/fold_K, "
+        "then predict its validation cases into fold_K/validation",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _train_run(args: argparse.Namespace) -> int:
     from segfuse.config import load_config
+    from segfuse.evaluation.crossval import predict_validation
     from segfuse.training.loop import train
 
     if args.resume is not None:
-        if args.config is not None or args.overrides:
-            raise ValueError("--resume continues a run with the config saved in it; drop --config and overrides")
+        if args.config is not None or args.overrides or args.fold is not None:
+            raise ValueError("--resume continues a run with its saved config; drop --config, --fold and overrides")
         result = train(run_dir=args.resume, resume=True, progress=not args.no_progress)
     else:
         if args.config is None:
             raise ValueError("train needs --config FILE (write one with `segfuse plan`), or --resume RUN_DIR")
-        cfg = load_config(args.config, args.overrides)
+        fold = [] if args.fold is None else [f"data.fold={args.fold}"]
+        cfg = load_config(args.config, [*args.overrides, *fold])
         result = train(cfg, run_dir=args.run_dir, progress=not args.no_progress)
     if result.interrupted:
         print(f"stopped at iteration {result.iteration}; continue with: segfuse train --resume {result.run_dir}")
         return 130
     print(f"finished {result.iteration} iterations; best validation mean Dice {result.best_metric:.4f}")
-    print(f"run folder: {result.run_dir} (checkpoint_best.pt, metrics.csv, training_curve.png)")
+    print(f"run folder: {result.run_dir} (checkpoint_best.pt, metrics.csv, training_curve.png, train.log)")
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 alone predicts
+        return 0
+    oof = predict_validation(result.run_dir, progress=not args.no_progress)  # None unless a fold run
+    if oof is not None:
+        print(f"out-of-fold predictions: {oof.summary()}")
+        return 0 if oof.ok else 1
     return 0
 
 
@@ -312,6 +345,60 @@ def _resample_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- cv-summary
+
+
+def _cv_summary_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "runs", type=Path, nargs="+", metavar="RUN_DIR", help="one folder of fold runs (fold_0, ...) per configuration"
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder (cv_summary.json, cv_per_case.csv)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="for out-of-fold predictions still missing (default: each run's training.device)")
+    parser.add_argument("--tolerance-mm", type=float, default=1.0, help="surface Dice tolerance (default: 1.0)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _cv_summary_run(args: argparse.Namespace) -> int:
+    from segfuse.evaluation.crossval import cv_summary
+
+    result = cv_summary(
+        args.runs, args.out, device=args.device, tolerance_mm=args.tolerance_mm, progress=not args.no_progress
+    )
+    print(result.table())
+    print(f"wrote {result.out_dir / 'cv_summary.json'}, cv_per_case.csv and one evaluation folder per configuration")
+    return 0
+
+
+# -------------------------------------------------------------------- config
+
+
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, text in (
+        ("show", "print the resolved config, every default filled in, as YAML"),
+        ("check", "validate the config and its dataset (modalities, labels, folds); exit 2 naming the bad key"),
+    ):
+        action = actions.add_parser(name, help=text, description=text)
+        action.add_argument("config", type=Path, help="run config YAML")
+        action.add_argument("overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides")
+
+
+def _config_run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from segfuse.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    if args.action == "show":
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
+        return 0
+    from segfuse.data.check import check_config
+
+    print(check_config(cfg))
+    return 0
+
+
 VERBS: dict[str, Verb] = {
     "demo": Verb(
         help="train, predict and evaluate on the bundled hippocampus sample (a few minutes on a CPU)",
@@ -352,6 +439,16 @@ VERBS: dict[str, Verb] = {
         help="simulate a thick-slice acquisition: anti-alias smoothing, then a coarser grid over the same view",
         add_arguments=_resample_arguments,
         run=_resample_run,
+    ),
+    "cv-summary": Verb(
+        help="score every fold's out-of-fold predictions together and compare configurations case by case",
+        add_arguments=_cv_summary_arguments,
+        run=_cv_summary_run,
+    ),
+    "config": Verb(
+        help="show the resolved config with every default, or check it (exit 2 naming the bad key)",
+        add_arguments=_config_arguments,
+        run=_config_run,
     ),
 }
 

@@ -81,6 +81,10 @@ class DataConfig:
     targets, validated and evaluated per region, and written back as a label map
     by painting the regions in order (:mod:`segfuse.data.regions`); ``null``
     (the default) trains one softmax class per label.
+
+    Cross-validation: ``fold`` (set by ``segfuse train --fold K``) trains on the
+    other folds of ``folds`` (default 5 once ``fold`` is set) and validates on fold
+    ``K`` (:mod:`segfuse.data.splits`); it replaces ``val_fraction``.
     """
 
     dataset: str = ""
@@ -95,6 +99,8 @@ class DataConfig:
     split_seed: int = 0
     crop_to_nonzero: bool = True
     store: str | None = None
+    folds: int | None = None
+    fold: int | None = None
 
 
 @dataclass
@@ -333,9 +339,27 @@ def validate(cfg: Config) -> Config:
         )
     if not 0.0 <= cfg.inference.overlap < 1.0:
         raise SegfuseInputError(f"config key inference.overlap: must be in [0, 1), got {cfg.inference.overlap}")
+    _validate_folds(cfg)
     if cfg.model.context_slices and dims == 3:
         raise SegfuseInputError("config key model.context_slices: 2.5D context only applies to mode 2d")
     return cfg
+
+
+def _validate_folds(cfg: Config) -> None:
+    """``data.folds`` / ``data.fold``; a fold without a fold count gets the default (5)."""
+    from segfuse.data.splits import DEFAULT_FOLDS
+
+    data = cfg.data
+    if data.folds is not None and data.folds < 2:
+        raise SegfuseInputError(f"config key data.folds: needs 2 or more folds, got {data.folds}")
+    if data.fold is None:
+        return
+    if data.folds is None:
+        data.folds = DEFAULT_FOLDS
+    if not 0 <= data.fold < data.folds:
+        raise SegfuseInputError(f"config key data.fold: must be in 0 .. {data.folds - 1} (data.folds), got {data.fold}")
+    if data.val_cases is not None:
+        raise SegfuseInputError("config key data.val_cases: cannot be combined with data.fold (the fold sets them)")
 
 
 def config_from_dict(data: dict[str, Any]) -> Config:

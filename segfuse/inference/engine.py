@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from segfuse.data.preprocess import PreparedCase
 from segfuse.inference.windows import sliding_window_multires
@@ -47,6 +48,7 @@ def predict_prepared(
         case: primary ``(C, X, Y, Z)`` and auxiliaries on their edge-aligned grids.
         mirror_axes: spatial axes for mirror test-time augmentation (``None``: config's).
         drop_aux: auxiliaries to withhold (treated as missing).
+        progress: a progress bar over the sliding-window batches (3D) or over the slices (2D).
     """
     device = torch.device(device)
     axes = [a for a in (cfg.inference.mirror_axes if mirror_axes is None else mirror_axes) if a < cfg.spatial_dims]
@@ -72,7 +74,7 @@ def predict_prepared(
     n = case.shape[2]
     scales2d = {name: s[:2] for name, s in scales.items()}
     slices = []
-    for z in range(n):
+    for z in tqdm(range(n), desc="slices", unit="slice", disable=not progress):
         index = np.clip(np.arange(z - k, z + k + 1), 0, n - 1)
         primary = torch.from_numpy(np.ascontiguousarray(case.primary[:, :, :, index]))
         primary = primary.permute(0, 3, 1, 2).reshape(1, -1, *case.shape[:2])

@@ -121,6 +121,23 @@ class LoadedModel:
         values = sorted(self.cfg.data.labels) if self.cfg.data.labels else [0, 1]
         return values if len(values) >= 2 else [0, 1]
 
+    @property
+    def checkpoints(self) -> list[Path]:
+        """The checkpoint files behind this model (several for an ensemble)."""
+        return [] if self.checkpoint is None else [self.checkpoint]
+
+    def checkpoint_sha256(self) -> str | None:
+        """SHA-256 of the checkpoint file (``None`` for an in-memory model); ``resume`` compares it."""
+        return file_sha256(self.checkpoint) if self.checkpoint is not None else None
+
+    def probabilities(
+        self, prepared: PreparedCase, *, mirror_axes: Sequence[int], progress: bool = False
+    ) -> torch.Tensor:
+        """Class probabilities ``(K, *prepared.shape)`` float32 on the CPU (an ensemble averages its members')."""
+        return predict_prepared(
+            self.net, self.cfg, prepared, device=self.device, mirror_axes=mirror_axes, progress=progress
+        )
+
 
 def _resolve_device(device: str | torch.device) -> torch.device:
     if isinstance(device, torch.device):
@@ -134,14 +151,23 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     return torch.device(device)
 
 
-def load_model(checkpoint: str | Path | Mapping[str, Any] | LoadedModel, device: str = "cpu") -> LoadedModel:
+def load_model(
+    checkpoint: str | Path | Mapping[str, Any] | LoadedModel | Sequence[str | Path], device: str = "cpu"
+) -> LoadedModel:
     """Rebuild the network and its preprocessing from a checkpoint file or loaded dict.
+
+    A list of checkpoints (or run folders, or a folder of fold runs) gives an
+    :class:`~segfuse.inference.ensemble.Ensemble` that averages their probabilities.
 
     Example:
         >>> model = load_model("runs/x/checkpoint_best.pt", device="auto")  # doctest: +SKIP
     """
     if isinstance(checkpoint, LoadedModel):
         return checkpoint
+    if isinstance(checkpoint, list | tuple):
+        from segfuse.inference.ensemble import load_ensemble
+
+        return load_ensemble(checkpoint, device=device)
     from segfuse.models.factory import model_from_checkpoint
 
     path = None
@@ -331,9 +357,7 @@ def predict_case(
     axes = _mirror_axes(model.cfg, mirror)
 
     prepared = prepare_case(case, model.preprocessing, with_label=False)
-    probs = predict_prepared(
-        model.net, model.cfg, prepared, device=model.device, mirror_axes=axes, progress=progress
-    ).numpy()
+    probs = model.probabilities(prepared, mirror_axes=axes, progress=progress).numpy()
     regions = model.cfg.data.regions
     network_labels = _labels_from(probs, model.label_values, regions) if qc_path is not None else None
     probs = _to_source_grid(probs, prepared.affine, prepared)
@@ -540,7 +564,7 @@ def predict(
     if qc:
         (out_dir / "qc").mkdir(exist_ok=True)
     manifest_path = out_dir / MANIFEST_NAME
-    checkpoint_sha = file_sha256(model.checkpoint) if model.checkpoint is not None else None
+    checkpoint_sha = model.checkpoint_sha256()
     previous = _read_manifest(manifest_path) if resume else {}
     if previous and previous.get("checkpoint_sha256") != checkpoint_sha:
         logger.warning("%s: recorded with another checkpoint; predicting every case again", manifest_path)
@@ -549,6 +573,7 @@ def predict(
         "format": _MANIFEST_FORMAT,
         "checkpoint": None if model.checkpoint is None else str(model.checkpoint),
         "checkpoint_sha256": checkpoint_sha,
+        "checkpoints": [str(p) for p in model.checkpoints],
         "cases": dict(previous.get("cases", {})) if resume else {},
     }
     wanted = ["label"] + (["probabilities"] if save_probabilities else []) + (["qc"] if qc else [])

@@ -44,6 +44,7 @@ from segfuse.config import Config, config_from_dict, save_config
 from segfuse.data.layouts import read_dataset, split_cases
 from segfuse.data.preprocess import PreparedCase, scales_lcm
 from segfuse.data.sampling import PaddedCase, sample_patch
+from segfuse.data.splits import fold_cases, write_dataset_splits
 from segfuse.data.store import StoredCase
 from segfuse.inference.engine import predict_prepared
 from segfuse.io.checkpoint import load_checkpoint, save_checkpoint
@@ -145,10 +146,12 @@ def load_cases(cfg: Config, progress: bool, rank: int = 0) -> tuple[list[StoredC
             raise SegfuseInputError(f"config key data.val_cases: unknown case ids {unknown}")
         train_cases = [c for c in cases if c.case_id not in chosen]
         val_cases = [c for c in cases if c.case_id in chosen]
+    elif cfg.data.fold is not None:
+        train_cases, val_cases = fold_cases(cases, cfg.data.folds, cfg.data.fold, cfg.data.split_seed)
     else:
         train_cases, val_cases = split_cases(cases, cfg.data.val_fraction, cfg.data.split_seed)
     if cfg.training.val_every == 0:
-        val_cases = []  # held out of training, never validated: no need to prepare them
+        val_cases = []  # held out of training and never validated (the store still holds them)
     store = shared_store(cfg, dataset.cases, progress, rank)  # the whole dataset: one store for every split
     return [store.cases[c.case_id] for c in train_cases], [store.cases[c.case_id] for c in val_cases], cfg
 
@@ -290,6 +293,8 @@ def _restore_rng(state: dict[str, Any]) -> None:
 
 def _run_dir(cfg: Config, run_dir: Path | None, resume: bool) -> Path:
     path = Path(run_dir) if run_dir is not None else Path(cfg.experiment.output_dir) / cfg.experiment.name
+    if run_dir is None and cfg.data.fold is not None:
+        path = path / f"fold_{cfg.data.fold}"  # one run folder per fold, beside its siblings
     if not resume and (path / "checkpoint_last.pt").exists():
         raise SegfuseInputError(
             f"{path}: a run already exists here; continue it with --resume {path}, or choose another "
@@ -377,7 +382,12 @@ def train(
     if is_main:
         run_path.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_path / "config.yaml")
+        if cfg.data.fold is not None:
+            write_dataset_splits(run_path, cfg)
         logger = RunLogger(run_path, history)
+        log.info("run folder %s: %d training and %d validation cases, %s, %d parameters, from iteration %d",
+                 run_path, len(train_cases), len(val_cases), device, sum(p.numel() for p in model.parameters()),
+                 iteration)
 
     def checkpoint(name: str, gather: bool = True) -> None:
         rng_states: Any = _rng_state()
@@ -490,6 +500,7 @@ def train(
                     if row["val_mean_dice"] > best:
                         best = row["val_mean_dice"]
                         checkpoint("checkpoint_best.pt", gather=False)
+                        log.info("checkpoint_best.pt: validation mean Dice %.4f at iteration %d", best, iteration)
                 if is_main:
                     logger.log(row)
                 if world > 1:
@@ -503,11 +514,14 @@ def train(
     if not val_cases and is_main:
         # no validation (no cases, or val_every 0): the last weights are the best we know
         checkpoint("checkpoint_best.pt", gather=False)
-    if logger:
-        logger.close()
     # reaching the time budget is a normal end; anything else short of `total` is an interruption
     interrupted = iteration < total and not (budget is not None and train_seconds > budget)
     if interrupted and is_main:
         log.warning("training stopped at iteration %d of %d; continue with: segfuse train --resume %s",
                     iteration, total, run_path)
+    elif is_main:
+        log.info("finished %d iterations in %.1f s of training; best validation mean Dice %.4f",
+                 iteration, train_seconds, best)
+    if logger:
+        logger.close()
     return TrainResult(run_path, iteration, best, interrupted, logger.history if logger else [])
