@@ -524,7 +524,7 @@ def plan_for_budget(
     )
     source_path = Path(report.dataset)
     stem = source_path.parent.name if source_path.stem in ("dataset", "manifest") else source_path.stem
-    cfg.experiment.name = f"{stem}_{'3d' if cfg.model.mode == '3d' else '2_5d'}"
+    cfg.experiment.name = f"{stem}_{cfg.model.mode}"  # as the README's walk-through names runs
     if out is not None:
         write_plan(cfg, Path(out), report.dataset, notes=budget.notes(), key_comments=key_comments(cfg, budget))
     return cfg, report, budget
