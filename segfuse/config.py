@@ -84,6 +84,9 @@ class DataConfig:
     val_cases: list[str] | None = None
     split_seed: int = 0
     crop_to_nonzero: bool = True
+    # Every modality of the training dataset in its channel order, recorded by train;
+    # predict maps a plain folder's nnU-Net-style ``{case}_{XXXX}`` files by it.
+    modalities: list[str] | None = None
 
 
 @dataclass
