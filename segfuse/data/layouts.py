@@ -481,11 +481,14 @@ def _read_yaml_manifest(path: Path) -> _RawDataset:
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-def _channel_groups(stems: Sequence[str], n_names: int | None) -> dict[str, dict[int, str]] | None:
+def _channel_groups(
+    folder: Path, stems: Sequence[str], names: Sequence[str] | None
+) -> dict[str, dict[int, str]] | None:
     """``{case: {channel: stem}}`` when the stems read as nnU-Net ``{case}_{XXXX}`` channel files, else ``None``.
 
-    They do when every stem ends in a 4-digit index and either the indices stay below
-    ``n_names`` (the known channels) or, without names, every case has the same
+    They do when every stem ends in a 4-digit index and: for a one-channel model
+    every index is ``0000``; for a model of several channels (``names``) always, an
+    index beyond them being an error; without names, when every case has the same
     channels ``0..n-1``. ``patient_0001`` … ``patient_0099`` of a one-channel model
     are therefore single files, not one case with 99 channels.
     """
@@ -495,10 +498,19 @@ def _channel_groups(stems: Sequence[str], n_names: int | None) -> dict[str, dict
         if match is None:
             return None
         groups.setdefault(match["case"], {})[int(match["channel"])] = stem
-    if n_names is not None:
-        return groups if all(c < n_names for g in groups.values() for c in g) else None
-    sets = {tuple(sorted(g)) for g in groups.values()}
-    return groups if len(sets) == 1 and next(iter(sets)) == tuple(range(len(next(iter(sets))))) else None
+    indices = {c for g in groups.values() for c in g}
+    if names is None:
+        sets = {tuple(sorted(g)) for g in groups.values()}
+        return groups if len(sets) == 1 and next(iter(sets)) == tuple(range(len(next(iter(sets))))) else None
+    if len(names) == 1:
+        return groups if indices == {0} else None
+    beyond = sorted(g[c] for g in groups.values() for c in g if c >= len(names))
+    if beyond:
+        raise SegfuseInputError(
+            f"{folder}: files named as nnU-Net channels beyond the model's {len(names)} channels "
+            f"({list(names)}):{_listing(beyond)}"
+        )
+    return groups
 
 
 def _read_image_folder(
@@ -537,7 +549,7 @@ def _read_image_folder(
         )
     stems = [_strip_image_suffix(p.name) for p in files]
     by_stem = dict(zip(stems, files, strict=True))
-    groups = _channel_groups(stems, None if channel_names is None else len(channel_names))
+    groups = _channel_groups(folder, stems, channel_names)
     if groups is None:
         name = primary or "image"
         cases = [

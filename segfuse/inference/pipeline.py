@@ -13,9 +13,11 @@ outputs, their atomic all-or-nothing writing and its error messages are those of
 the sequential path: the pipeline hands it the case prepared in the background
 (its ``prepare``) and a lock that lets one case at a time run the network (its
 ``network_lock``); preparing and writing happen outside the lock. Two cases are
-inside ``predict_case`` at a time (the one on the network, the one writing) and at
-most ``workers`` more are prepared ahead, so memory stays flat however many
-cases there are. Results come back in the order of the cases.
+inside ``predict_case`` at a time (the one on the network or waiting for it, the
+one writing) and ``workers`` more are being prepared or wait prepared: at most
+``workers + 2`` cases in memory (3 with the default ``workers=1``, against 1 one
+case after the other), however many cases there are. Results come back in the
+order of the cases.
 
 Threads or processes for the readers (``kind``): reading is gzip inflation,
 numpy and MONAI/torch resampling, native code that mostly releases the GIL.
@@ -129,11 +131,11 @@ def run_pipelined(
     submitted = 0
     try:
         for k, case in enumerate(cases):
+            if len(running) == RUNNING_CASES:  # case k-2 finished: room for case k
+                yield _outcome(*running.popleft())
             while submitted < len(cases) and submitted <= k + workers:
                 reads[submitted] = readers.submit(read, cases[submitted])
                 submitted += 1
-            if len(running) == RUNNING_CASES:
-                yield _outcome(*running.popleft())
             future = reads.pop(k)
             running.append((case, runners.submit(run, case, lambda _case, f=future: f.result(), lock)))
         while running:
