@@ -42,12 +42,13 @@ relative paths are resolved from the manifest's folder.
   Optional top-level ``name`` and ``description`` are allowed; any other key is
   an error. Without ``labels`` the ``labels`` argument (or its default) is used.
 
-**Images folder, no labels** (``layout="folder"``, for prediction; see
-:func:`_read_image_folder`): a folder without ``dataset.json``. An MSD
-``imagesTs`` (the parent's ``dataset.json`` ``test`` list, or every image in
-it, with the parent's ``modality`` names), an nnU-Net ``imagesTs`` (the
-parent's ``channel_names``), or a plain folder: one image per case, or
-nnU-Net-style ``{case}_{XXXX}`` channel files named by ``channel_names=``.
+**Images folder, no labels** (for prediction; see :func:`_read_image_folder`):
+a folder without ``dataset.json``. An MSD ``imagesTs`` (``layout="msd"``: the
+parent's ``dataset.json`` ``test`` list, or every image in it, with the
+parent's ``modality`` names), an nnU-Net ``imagesTs`` (``layout="nnunet"``: the
+parent's ``channel_names``), or a plain folder (``layout="folder"``): one image
+per case, or nnU-Net-style ``{case}_{XXXX}`` channel files named by
+``channel_names=``.
 
 In every layout the scans of a case are named modalities: the primary plus the
 auxiliaries. ``primary=`` picks which modality is the primary (by name) and
