@@ -85,6 +85,11 @@ def _readers(kind: str, workers: int) -> Executor:
     return ProcessPoolExecutor(workers, mp_context=context, initializer=_quiet_worker)
 
 
+def _waiter(future: Future[P]) -> Callable[[Case], P]:
+    """``prepare(case)`` for ``run``: waits for the background read (and re-raises its exception)."""
+    return lambda _case: future.result()
+
+
 def _outcome(case: Case, future: Future[T]) -> tuple[Case, T | Exception]:
     try:
         return case, future.result()
@@ -136,8 +141,7 @@ def run_pipelined(
             while submitted < len(cases) and submitted <= k + workers:
                 reads[submitted] = readers.submit(read, cases[submitted])
                 submitted += 1
-            future = reads.pop(k)
-            running.append((case, runners.submit(run, case, lambda _case, f=future: f.result(), lock)))
+            running.append((case, runners.submit(run, case, _waiter(reads.pop(k)), lock)))
         while running:
             yield _outcome(*running.popleft())
     finally:
