@@ -21,11 +21,11 @@ order of the cases.
 
 Threads or processes for the readers (``kind``): reading is gzip inflation,
 numpy and MONAI/torch resampling, native code that mostly releases the GIL.
-Measured on a BraTS case (240 × 240 × 155 T1 + 2 × 2 × 4 mm FLAIR): while
-``prepare_case`` ran in a thread, a pure-Python loop in the main thread kept 95 %
-of its speed (90 % beside writing a label and a probability map), so threads
-barely slow the thread that feeds the network. Threads share the prepared arrays
-without copies; processes pickle every prepared case back (~60 MB for that case)
+Measured on a BraTS case (240 × 240 × 155 T1 + 2 × 2 × 4 mm FLAIR, 2-core VM,
+one torch thread): while ``prepare_case`` ran in a thread, a pure-Python loop in
+the main thread kept 95 % of its speed (90 % beside writing a label and a
+probability map), so threads barely slow the thread that feeds the network. Threads share the prepared arrays
+without copies; processes pickle every prepared case back (70 MB for that case)
 and each starts its own interpreter (torch and MONAI imported again). Threads are
 the default; ``kind="process"`` remains for preprocessing that holds the GIL.
 ``benchmarks/predict_pipeline.py`` times both against the sequential path.
