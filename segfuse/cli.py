@@ -189,6 +189,14 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="windows per forward pass (default: config)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     parser.add_argument("--resume", action="store_true", help="--dataset: skip cases finished with unchanged outputs")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="--dataset: cases read ahead in background threads while the network runs, results written "
+        "behind (default 1; 0: one case after the other; same outputs)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -219,6 +227,8 @@ def _predict_run(args: argparse.Namespace) -> int:
         return 0
     if args.aux:
         raise ValueError("--aux applies to --image; a --dataset names its auxiliaries itself")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
     batch = predict(
         model,
         args.dataset,
@@ -229,6 +239,7 @@ def _predict_run(args: argparse.Namespace) -> int:
         device=args.device,
         mirror=mirror,
         progress=not args.no_progress,
+        workers=args.workers,
     )
     print(batch.summary())
     return 0 if batch.ok else 1  # 1: some cases failed (2 is kept for bad input)

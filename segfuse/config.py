@@ -101,6 +101,9 @@ class DataConfig:
     store: str | None = None
     folds: int | None = None
     fold: int | None = None
+    # Every modality of the training dataset in its channel order, recorded by train;
+    # predict maps a plain folder's nnU-Net-style ``{case}_{XXXX}`` files by it.
+    modalities: list[str] | None = None
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Dataset layouts → cases: one :class:`Dataset` whatever the folder looks like.
 
-:func:`read_dataset` auto-detects three layouts. It only lists files and checks
+:func:`read_dataset` auto-detects the layout. It only lists files and checks
 that they exist; images are opened later, by ``segfuse.io``.
 
 **Medical Segmentation Decathlon** (``layout="msd"``): a folder holding a
@@ -41,6 +41,14 @@ relative paths are resolved from the manifest's folder.
 
   Optional top-level ``name`` and ``description`` are allowed; any other key is
   an error. Without ``labels`` the ``labels`` argument (or its default) is used.
+
+**Images folder, no labels** (for prediction; see :func:`_read_image_folder`):
+a folder without ``dataset.json``. An MSD ``imagesTs`` (``layout="msd"``: the
+parent's ``dataset.json`` ``test`` list, or every image in it, with the
+parent's ``modality`` names), an nnU-Net ``imagesTs`` (``layout="nnunet"``: the
+parent's ``channel_names``), or a plain folder (``layout="folder"``): one image
+per case, or nnU-Net-style ``{case}_{XXXX}`` channel files named by
+``channel_names=``.
 
 In every layout the scans of a case are named modalities: the primary plus the
 auxiliaries. ``primary=`` picks which modality is the primary (by name) and
@@ -105,8 +113,10 @@ class Case:
 class Dataset:
     """Cases of one dataset plus what is common to them.
 
-    ``layout`` is ``"msd"``, ``"nnunet"`` or ``"manifest"``; ``labels`` maps label
-    value → name (``0`` included); ``aux_names`` lists the selected auxiliaries.
+    ``layout`` is ``"msd"``, ``"nnunet"``, ``"manifest"`` or ``"folder"``; ``labels``
+    maps label value → name (``0`` included); ``aux_names`` lists the selected
+    auxiliaries; ``modalities`` every modality the source declares, in its channel
+    order (selected or not).
     """
 
     root: Path
@@ -115,6 +125,7 @@ class Dataset:
     labels: dict[int, str]
     primary_name: str
     aux_names: list[str]
+    modalities: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -223,11 +234,12 @@ def _index_map(raw: Any, key: str, source: Path) -> list[str]:
 # --------------------------------------------------------------------------- readers
 
 
-def _read_msd(root: Path, meta: dict[str, Any], source: Path) -> _RawDataset:
+def _read_msd(root: Path, meta: dict[str, Any], source: Path, key: str = "training") -> _RawDataset:
+    """``key``: the case list to read, ``"training"`` or ``"test"`` (image paths, no labels)."""
     modalities = _unique_names(_index_map(meta["modality"], "modality", source))
-    training = meta["training"]
+    training = meta.get(key, [])
     if not isinstance(training, list):
-        raise SegfuseInputError(f"{source}: 'training' must be a list, got {type(training)}")
+        raise SegfuseInputError(f"{source}: '{key}' must be a list, got {type(training)}")
     multi = len(modalities) > 1
     cases: list[_RawCase] = []
     for i, entry in enumerate(training):
@@ -235,7 +247,7 @@ def _read_msd(root: Path, meta: dict[str, Any], source: Path) -> _RawDataset:
             entry = {"image": entry}
         if not isinstance(entry, Mapping) or "image" not in entry:
             raise SegfuseInputError(
-                f"{source}: training[{i}] must be an object with 'image', got {entry!r}"
+                f"{source}: {key}[{i}] must be an object with 'image', got {entry!r}"
             )
         image = _resolve(root, entry["image"])
         label = entry.get("label")
@@ -247,7 +259,7 @@ def _read_msd(root: Path, meta: dict[str, Any], source: Path) -> _RawDataset:
                 case_id=_strip_image_suffix(image.name),
                 scans=scans,
                 label=_resolve(root, label) if label else None,
-                origin=f"{source.name} training[{i}]",
+                origin=f"{source.name} {key}[{i}]",
             )
         )
     labels = meta.get("labels")
@@ -263,7 +275,8 @@ def _read_msd(root: Path, meta: dict[str, Any], source: Path) -> _RawDataset:
     )
 
 
-def _read_nnunet(root: Path, meta: dict[str, Any], source: Path) -> _RawDataset:
+def _read_nnunet(root: Path, meta: dict[str, Any], source: Path, images: str = "imagesTr") -> _RawDataset:
+    """``images``: the images folder, ``"imagesTr"`` or ``"imagesTs"`` (labels from ``labelsTr``/``labelsTs``)."""
     channels = _unique_names(_index_map(meta["channel_names"], "channel_names", source))
     ending = str(meta.get("file_ending", ".nii.gz"))
     raw_labels = meta.get("labels") or {}
@@ -280,9 +293,9 @@ def _read_nnunet(root: Path, meta: dict[str, Any], source: Path) -> _RawDataset:
         dupes = [v for v, n in Counter(raw_labels.values()).items() if n > 1]
         raise SegfuseInputError(f"{source}: label values {dupes} are given to several names")
 
-    images_dir = root / "imagesTr"
+    images_dir = root / images
     if not images_dir.is_dir():
-        raise SegfuseInputError(f"{root}: nnU-Net dataset has no imagesTr/ folder")
+        raise SegfuseInputError(f"{root}: nnU-Net dataset has no {images}/ folder")
     pattern = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})" + re.escape(ending) + "$")
     found: dict[str, set[int]] = {}
     for path in images_dir.iterdir():
@@ -304,7 +317,7 @@ def _read_nnunet(root: Path, meta: dict[str, Any], source: Path) -> _RawDataset:
             f"{images_dir}: channel indices beyond channel_names "
             f"({len(channels)} channels: {channels}):{_listing(extra)}"
         )
-    labels_dir = root / "labelsTr"
+    labels_dir = root / images.replace("images", "labels", 1)
     cases = [
         _RawCase(
             case_id=case,
@@ -316,7 +329,7 @@ def _read_nnunet(root: Path, meta: dict[str, Any], source: Path) -> _RawDataset:
             # Labels are found by convention; read_dataset drops a missing one
             # when labels are not required.
             label=labels_dir / f"{case}{ending}",
-            origin=f"imagesTr/{case}_*{ending}",
+            origin=f"{images}/{case}_*{ending}",
         )
         for case in sorted(found)
     ]
@@ -466,8 +479,112 @@ def _read_yaml_manifest(path: Path) -> _RawDataset:
         required_scans=False,
     )
 
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
-def _read_raw(source: Path, require_labels: bool) -> _RawDataset:
+
+def _channel_groups(
+    folder: Path, stems: Sequence[str], names: Sequence[str] | None
+) -> dict[str, dict[int, str]] | None:
+    """``{case: {channel: stem}}`` when the stems read as nnU-Net ``{case}_{XXXX}`` channel files, else ``None``.
+
+    They do when every stem ends in a 4-digit index and: for a one-channel model
+    every index is ``0000``; for a model of several channels (``names``) always, an
+    index beyond them being an error; without names, when every case has the same
+    channels ``0..n-1``. ``patient_0001`` … ``patient_0099`` of a one-channel model
+    are therefore single files, not one case with 99 channels.
+    """
+    groups: dict[str, dict[int, str]] = {}
+    for stem in stems:
+        match = _CHANNEL_FILE.match(stem)
+        if match is None:
+            return None
+        groups.setdefault(match["case"], {})[int(match["channel"])] = stem
+    indices = {c for g in groups.values() for c in g}
+    if names is None:
+        sets = {tuple(sorted(g)) for g in groups.values()}
+        return groups if len(sets) == 1 and next(iter(sets)) == tuple(range(len(next(iter(sets))))) else None
+    if len(names) == 1:
+        return groups if indices == {0} else None
+    beyond = sorted(g[c] for g in groups.values() for c in g if c >= len(names))
+    if beyond:
+        raise SegfuseInputError(
+            f"{folder}: files named as nnU-Net channels beyond the model's {len(names)} channels "
+            f"({list(names)}):{_listing(beyond)}"
+        )
+    return groups
+
+
+def _read_image_folder(
+    folder: Path, channel_names: Sequence[str] | None, primary: str | None
+) -> _RawDataset:
+    """A folder of images without labels: an MSD or nnU-Net ``imagesTs``, or a plain folder.
+
+    * The parent holds an nnU-Net ``dataset.json`` (``channel_names``): the folder
+      is read as that dataset's images folder (``{case}_{XXXX}{file_ending}``).
+    * The parent holds a decathlon ``dataset.json`` (``modality``): for a folder
+      named ``imagesTs`` its ``test`` list when given, else every image in the
+      folder; each image holds the declared modalities (4D when several).
+    * Otherwise a plain folder: files named ``{case}_{XXXX}.ext`` are channel
+      ``XXXX`` of ``case``, channel ``i`` being modality ``channel_names[i]`` (see
+      :func:`_channel_groups` for when names are read this way); any other file is
+      one case of a single modality, named ``primary`` (default ``"image"``).
+    """
+    parent_meta = folder.parent / "dataset.json"
+    meta = _load_json(parent_meta) if parent_meta.is_file() else {}
+    if "channel_names" in meta:
+        return _read_nnunet(folder.parent, meta, parent_meta, images=folder.name)
+    files = sorted(
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(_IMAGE_SUFFIXES)
+    )
+    if "modality" in meta:
+        if folder.name == "imagesTs" and meta.get("test"):
+            return _read_msd(folder.parent, meta, parent_meta, key="test")
+        listed = {"modality": meta["modality"], "test": [str(p) for p in files]}
+        return _read_msd(folder, listed, parent_meta, key="test")
+    if not files:
+        raise SegfuseInputError(
+            f"{folder}: no dataset.json in this folder and no images in it "
+            f"({', '.join(_IMAGE_SUFFIXES)}); give a decathlon/nnU-Net folder, an images folder "
+            f"or a .csv/.yaml manifest"
+        )
+    stems = [_strip_image_suffix(p.name) for p in files]
+    by_stem = dict(zip(stems, files, strict=True))
+    groups = _channel_groups(folder, stems, channel_names)
+    if groups is None:
+        name = primary or "image"
+        cases = [
+            _RawCase(case_id=stem, scans={name: ImageRef(path)}, label=None, origin=path.name)
+            for stem, path in by_stem.items()
+        ]
+        modalities = [name]
+    else:
+        width = max(c for g in groups.values() for c in g) + 1
+        modalities = list(channel_names) if channel_names is not None else [f"channel_{i:04d}" for i in range(width)]
+        cases = [
+            _RawCase(
+                case_id=case,
+                scans={modalities[c]: ImageRef(by_stem[stem]) for c, stem in sorted(channels.items())},
+                label=None,
+                origin=f"{case}_*",
+            )
+            for case, channels in sorted(groups.items())
+        ]
+    return _RawDataset(
+        root=folder,
+        layout="folder",
+        source=folder,
+        modalities=modalities,
+        default_primary=primary if primary in modalities else modalities[0],
+        labels=None,
+        cases=cases,
+        required_scans=False,
+    )
+
+
+def _read_raw(
+    source: Path, require_labels: bool, channel_names: Sequence[str] | None = None, primary: str | None = None
+) -> _RawDataset:
     if source.is_file() and source.name == "dataset.json":
         source = source.parent
     if source.is_file():
@@ -484,10 +601,7 @@ def _read_raw(source: Path, require_labels: bool) -> _RawDataset:
         raise SegfuseInputError(f"{source}: dataset folder or manifest does not exist")
     meta_path = source / "dataset.json"
     if not meta_path.is_file():
-        raise SegfuseInputError(
-            f"{source}: no dataset.json in this folder; give a decathlon/nnU-Net folder "
-            f"or a .csv/.yaml manifest"
-        )
+        return _read_image_folder(source, channel_names, primary)
     meta = _load_json(meta_path)
     if "channel_names" in meta:
         return _read_nnunet(source, meta, meta_path)
@@ -509,6 +623,7 @@ def read_dataset(
     aux: Sequence[str] | None = None,
     require_labels: bool = True,
     labels: Mapping[int, str] | None = None,
+    channel_names: Sequence[str] | None = None,
 ) -> Dataset:
     """Read a decathlon folder, an nnU-Net v2 raw folder or a CSV/YAML manifest.
 
@@ -529,6 +644,9 @@ def read_dataset(
         labels: label value → name, for sources that declare none (a CSV manifest,
             a YAML manifest without ``labels``); default ``{0: "background",
             1: "foreground"}``. A source that declares labels must agree with it.
+        channel_names: modality of each channel index, for a plain folder of
+            ``{case}_{XXXX}`` files (the order a model was trained with); default
+            ``channel_0000``, ``channel_0001``, ….
 
     Returns:
         The :class:`Dataset`, cases in the order the source lists them.
@@ -544,7 +662,7 @@ def read_dataset(
         ('msd', 200, {0: 'background', 1: 'Anterior', 2: 'Posterior'}, 'mri')
     """
     source = Path(source).expanduser().resolve()
-    raw = _read_raw(source, require_labels)
+    raw = _read_raw(source, require_labels, channel_names, primary)
 
     # Labels: the source's declaration, else the argument, else the default.
     if raw.labels is not None:
@@ -648,6 +766,7 @@ def read_dataset(
         labels=dataset_labels,
         primary_name=primary_name,
         aux_names=aux_names,
+        modalities=list(raw.modalities),
     )
 
 

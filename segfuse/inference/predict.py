@@ -40,11 +40,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import logging
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,8 @@ import torch
 from tqdm.auto import tqdm
 
 from segfuse.config import Config, config_from_dict
-from segfuse.data.layouts import Case, Dataset, ImageRef, read_dataset
+from segfuse.data.layouts import Case, Dataset, ImageRef
+from segfuse.data.prediction_inputs import read_for_prediction
 from segfuse.data.preprocess import (
     PreparedCase,
     Preprocessing,
@@ -65,6 +67,7 @@ from segfuse.data.preprocess import (
     resample,
 )
 from segfuse.inference.engine import predict_prepared
+from segfuse.inference.pipeline import prepare_ahead, run_pipelined, run_sequential
 from segfuse.io.atomic import atomic_write_text, file_sha256
 from segfuse.io.checkpoint import load_checkpoint
 from segfuse.io.errors import SegfuseInputError
@@ -317,6 +320,8 @@ def predict_case(
     mirror: bool | Sequence[int] | None = None,
     progress: bool = False,
     drop_aux: Collection[str] = (),
+    prepare: Callable[[Case], PreparedCase] | None = None,
+    network_lock: contextlib.AbstractContextManager | None = None,
 ) -> PredictionResult:
     """Predict one case and write its label map on the case's exact input grid.
 
@@ -333,6 +338,9 @@ def predict_case(
             ``False`` none; or the axes.
         progress: a progress bar over windows (3D) or slices (2D).
         drop_aux: auxiliaries to predict without, as if absent (needs modality dropout).
+        prepare: returns the case prepared as ``prepare_case(case, model.preprocessing,
+            with_label=False)`` would (the batch pipeline prepares cases ahead, in the background).
+        network_lock: held while the network runs (the batch pipeline runs one case at a time on it).
 
     Returns:
         A :class:`PredictionResult`.
@@ -356,8 +364,9 @@ def predict_case(
     case, missing = _check_aux(model, case, set(drop_aux))
     axes = _mirror_axes(model.cfg, mirror)
 
-    prepared = prepare_case(case, model.preprocessing, with_label=False)
-    probs = model.probabilities(prepared, mirror_axes=axes, progress=progress).numpy()
+    prepared = prepare_case(case, model.preprocessing, with_label=False) if prepare is None else prepare(case)
+    with network_lock or contextlib.nullcontext():
+        probs = model.probabilities(prepared, mirror_axes=axes, progress=progress).numpy()
     regions = model.cfg.data.regions
     network_labels = _labels_from(probs, model.label_values, regions) if qc_path is not None else None
     probs = _to_source_grid(probs, prepared.affine, prepared)
@@ -471,11 +480,11 @@ def _cases_from(inputs: Any, model: LoadedModel) -> list[Case]:
     if isinstance(inputs, Dataset):
         return list(inputs.cases)
     if isinstance(inputs, str | Path):
-        dataset = read_dataset(
+        dataset = read_for_prediction(
             inputs,
             primary=model.cfg.data.primary,
             aux=list(model.cfg.data.aux),
-            require_labels=False,
+            channel_names=model.cfg.data.modalities,
         )
         return list(dataset.cases)
     cases = list(inputs)
@@ -525,6 +534,8 @@ def predict(
     mirror: bool | Sequence[int] | None = None,
     drop_aux: Collection[str] = (),
     progress: bool = True,
+    workers: int = 1,
+    worker_kind: str = "thread",
 ) -> BatchResult:
     """Predict every case of a dataset folder, a manifest or a list of cases into ``out_dir``.
 
@@ -542,6 +553,11 @@ def predict(
             (and that were predicted by the same checkpoint file).
         save_probabilities, qc, device, mirror, drop_aux: see :func:`predict_case`.
         progress: a progress bar over cases.
+        workers: cases read and preprocessed ahead, in the background, while the network
+            runs on the current one (whose predecessor's results are written meanwhile);
+            see :mod:`segfuse.inference.pipeline`. ``0``: one case after the other. The
+            outputs are the same either way.
+        worker_kind: ``"thread"`` or ``"process"`` background readers.
 
     Returns:
         A :class:`BatchResult`; ``result.ok`` is ``False`` when any case failed.
@@ -580,23 +596,37 @@ def predict(
     result = BatchResult(out_dir=out_dir, manifest_path=manifest_path)
 
     prob_dir, qc_dir = out_dir / "probabilities", out_dir / "qc"
-    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
+    todo = []
+    for case in cases:
         if resume and _finished(record["cases"].get(case.case_id), out_dir, wanted):
             result.skipped.append(case.case_id)
             continue
         record["cases"].pop(case.case_id, None)
-        try:
-            done = predict_case(
-                model,
-                case,
-                out_dir / f"{case.case_id}.nii.gz",
-                save_probabilities=(prob_dir / f"{case.case_id}.nii.gz") if save_probabilities else False,
-                qc_path=(qc_dir / f"{case.case_id}.png") if qc else None,
-                mirror=mirror,
-                drop_aux=drop_aux,
-            )
-        except Exception as exc:  # one bad case must not stop the others
-            message = " ".join(str(exc).split()) or type(exc).__name__
+        todo.append(case)
+
+    def run(case: Case, prepare=None, network_lock=None) -> PredictionResult:
+        return predict_case(
+            model,
+            case,
+            out_dir / f"{case.case_id}.nii.gz",
+            save_probabilities=(prob_dir / f"{case.case_id}.nii.gz") if save_probabilities else False,
+            qc_path=(qc_dir / f"{case.case_id}.png") if qc else None,
+            mirror=mirror,
+            drop_aux=drop_aux,
+            prepare=prepare,
+            network_lock=network_lock,
+        )
+
+    if workers > 0:
+        read = functools.partial(prepare_ahead, spec=model.preprocessing, drop_aux=frozenset(drop_aux))
+        outcomes = run_pipelined(todo, read, run, workers=workers, kind=worker_kind)
+    else:
+        outcomes = run_sequential(todo, run)
+    bar = tqdm(outcomes, desc="predict", unit="case", total=len(cases), disable=not progress)
+    bar.update(len(result.skipped))
+    for case, done in bar:
+        if isinstance(done, Exception):  # one bad case must not stop the others
+            message = " ".join(str(done).split()) or type(done).__name__
             logger.error("case %s failed: %s", case.case_id, message)
             result.failed[case.case_id] = message
         else:
@@ -612,11 +642,11 @@ def predict(
                 "missing_aux": done.missing_aux,
                 "seconds": round(done.seconds, 3),
             }
-        finally:
-            # Flat memory over many cases: nothing of a case outlives its iteration.
-            gc.collect()
-            if model.device.type == "cuda":
-                torch.cuda.empty_cache()
+        del done
+        # Flat memory over many cases: nothing of a case outlives its iteration.
+        gc.collect()
+        if model.device.type == "cuda" and workers == 0:  # beside a running case it would stall the device
+            torch.cuda.empty_cache()
         atomic_write_text(manifest_path, json.dumps(record, indent=2) + "\n")
     atomic_write_text(manifest_path, json.dumps(record, indent=2) + "\n")
     if result.failed:

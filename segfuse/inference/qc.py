@@ -9,13 +9,28 @@ written atomically.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from segfuse.io.atomic import atomic_write
 from segfuse.io.errors import SegfuseInputError
+
+_MATPLOTLIB = threading.Lock()
+
+
+def _one_at_a_time(function: Callable) -> Callable:
+    """Matplotlib is not thread-safe (shared font caches); batch prediction writes QC pictures in threads."""
+
+    @functools.wraps(function)
+    def serialised(*args, **kwargs):
+        with _MATPLOTLIB:
+            return function(*args, **kwargs)
+
+    return serialised
 
 __all__ = ["pick_slices", "save_qc_png"]
 
@@ -50,6 +65,7 @@ def _infer_scale(aux_shape: Sequence[int], shape: Sequence[int]) -> tuple[int, .
     return tuple(max(1, -(-n // a)) for n, a in zip(shape, aux_shape, strict=True))
 
 
+@_one_at_a_time
 def save_qc_png(
     primary: np.ndarray,
     aux: Mapping[str, np.ndarray],

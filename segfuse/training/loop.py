@@ -138,6 +138,8 @@ def load_cases(cfg: Config, progress: bool, rank: int = 0) -> tuple[list[StoredC
         cfg.data.labels = dict(dataset.labels)
     if cfg.data.primary is None:
         cfg.data.primary = dataset.primary_name
+    if cfg.data.modalities is None:
+        cfg.data.modalities = list(dataset.modalities)
     cases = dataset.cases
     if cfg.data.val_cases is not None:
         chosen = set(cfg.data.val_cases)
