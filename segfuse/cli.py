@@ -184,6 +184,32 @@ def _ablate_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------- export
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file (or a run folder)")
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "torchscript", "exported-program"),
+        default="onnx",
+        help="onnx (onnxruntime), torchscript (torch.jit.load) or exported-program (torch.export.load)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder (the model and segfuse_export.json)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's exporter's choice)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the check against the eager network")
+
+
+def _export_run(args: argparse.Namespace) -> int:
+    from segfuse.inference.export import export_model
+
+    result = export_model(args.checkpoint, args.out, fmt=args.format, opset=args.opset, verify=not args.no_verify)
+    check = result.metadata["verification"]
+    note = f"; checked: max |difference| {check['max_abs_difference']:.2g}" if check["checked"] else ""
+    print(f"wrote {result.model_path} and {result.metadata_path}{note}")
+    return 0
+
+
 #: verb name → :class:`Verb`. Add a verb by adding one entry here.
 # --------------------------------------------------------------------- train
 
@@ -268,6 +294,11 @@ VERBS: dict[str, Verb] = {
         help="the value of each auxiliary: Dice with all, without each, and without any auxiliary",
         add_arguments=_ablate_arguments,
         run=_ablate_run,
+    ),
+    "export": Verb(
+        help="export a checkpoint's network (ONNX, TorchScript, torch.export) with what prediction needs (JSON)",
+        add_arguments=_export_arguments,
+        run=_export_run,
     ),
 }
 

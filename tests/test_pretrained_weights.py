@@ -39,8 +39,15 @@ def _medicalnet_state(widen: float = 1.0, *, counters: bool = False, in_channels
     torch.manual_seed(1)
     widths = [int(w * widen) for w in (64, 128, 256, 512)]
     net = ResNet(
-        block=ResNetBlock, layers=[2, 2, 2, 2], block_inplanes=widths, spatial_dims=3,
-        n_input_channels=in_channels, conv1_t_size=7, conv1_t_stride=2, shortcut_type="A", feed_forward=False,
+        block=ResNetBlock,
+        layers=[2, 2, 2, 2],
+        block_inplanes=widths,
+        spatial_dims=3,
+        n_input_channels=in_channels,
+        conv1_t_size=7,
+        conv1_t_stride=2,
+        shortcut_type="A",
+        feed_forward=False,
     )
     for module in net.modules():
         if isinstance(module, torch.nn.BatchNorm3d):
