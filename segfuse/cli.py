@@ -119,6 +119,12 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="label file for --image; output folder for --dataset")
     parser.add_argument("--probabilities", action="store_true", help="also write the probability maps")
     parser.add_argument("--qc", action="store_true", help="also write QC pictures (PNG)")
+    parser.add_argument(
+        "--labels-file",
+        action="store_true",
+        help="also write label names and colours for ITK-SNAP (labels_itksnap.txt) and Slicer (labels_slicer.ctbl) "
+        "beside the output",
+    )
     parser.add_argument("--mirror", action="store_true", help="mirror test-time augmentation on every axis")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default: auto")
     parser.add_argument("--resume", action="store_true", help="--dataset: skip cases finished with unchanged outputs")
@@ -146,6 +152,7 @@ def _predict_run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         print("wrote " + ", ".join(str(p) for p in result.outputs().values()))
+        _write_label_tables(args, args.out.parent)
         return 0
     if args.aux:
         raise ValueError("--aux applies to --image; a --dataset names its auxiliaries itself")
@@ -161,7 +168,16 @@ def _predict_run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(batch.summary())
+    _write_label_tables(args, args.out)
     return 0 if batch.ok else 1  # 1: some cases failed (2 is kept for bad input)
+
+
+def _write_label_tables(args: argparse.Namespace, folder: Path) -> None:
+    if args.labels_file:
+        from segfuse.inference.label_outputs import write_label_tables_for
+
+        paths = write_label_tables_for(args.checkpoint, folder)
+        print("wrote " + " and ".join(str(p) for p in paths.values()))
 
 
 # -------------------------------------------------------------------- ablate

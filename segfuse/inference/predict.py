@@ -64,6 +64,7 @@ from segfuse.data.preprocess import (
     resample,
 )
 from segfuse.inference.engine import predict_prepared
+from segfuse.inference.label_outputs import write_label_map
 from segfuse.io.atomic import atomic_write_text, file_sha256
 from segfuse.io.checkpoint import load_checkpoint
 from segfuse.io.errors import SegfuseInputError
@@ -265,7 +266,7 @@ def _labels_from(probs: np.ndarray, values: Sequence[int]) -> np.ndarray:
 
 def _default_sidecar(out_path: Path, tail: str) -> Path:
     name = out_path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+    for suffix in (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha"):
         if name.endswith(suffix):
             return out_path.with_name(name[: -len(suffix)] + tail)
     return out_path.with_name(name + tail)
@@ -288,7 +289,8 @@ def predict_case(
     Args:
         state_or_model: a checkpoint file, a loaded checkpoint dict or a :class:`LoadedModel`.
         case: the scans (a :class:`~segfuse.data.layouts.Case`; its label is ignored).
-        out_path: the label file (``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``); its folder must exist.
+        out_path: the label file (``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``; ``.seg.nrrd`` writes a
+            3D Slicer segmentation with named, coloured segments); its folder must exist.
         save_probabilities: ``True`` writes ``<out>_probabilities.nii.gz`` beside ``out_path``;
             a path writes there. The map is float32 ``(*input shape, K)``.
         qc_path: write a QC PNG there (slices with the mask over the primary and each auxiliary);
@@ -339,7 +341,7 @@ def predict_case(
         )
     written: list[Path] = []
     try:
-        write_image(labels, source, out_path, dtype=labels.dtype)
+        write_label_map(labels, source, out_path, model.cfg)  # .seg.nrrd: a Slicer segmentation
         written.append(out_path)
         if prob_path is not None:
             channels_last = np.moveaxis(probs, 0, -1).reshape(*source.shape, probs.shape[0])
