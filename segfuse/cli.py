@@ -94,12 +94,15 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         default=1.0,
         help="boundary tolerance of the normalised surface Dice, in mm (default: 1.0)",
     )
+    parser.add_argument(
+        "--qc", action="store_true", help="also write QC pictures (qc/<case>.png): prediction, reference, errors"
+    )
 
 
 def _evaluate_run(args: argparse.Namespace) -> int:
     from segfuse.evaluation.evaluate import evaluate
 
-    result = evaluate(args.pred, args.ref, args.out, tolerance_mm=args.tolerance_mm)
+    result = evaluate(args.pred, args.ref, args.out, tolerance_mm=args.tolerance_mm, qc=args.qc)
     print(result.table())
     print(f"wrote {result.out_dir / 'per_case.csv'}, summary.json and dice_boxplot.png")
     return 0

@@ -293,7 +293,8 @@ def predict_case(
             3D Slicer segmentation with named, coloured segments); its folder must exist.
         save_probabilities: ``True`` writes ``<out>_probabilities.nii.gz`` beside ``out_path``;
             a path writes there. The map is float32 ``(*input shape, K)``.
-        qc_path: write a QC PNG there (slices with the mask over the primary and each auxiliary);
+        qc_path: write a QC PNG there (slices with the mask over the primary and each auxiliary;
+            with the reference's outline and an error column when the case has a label);
             ``True`` writes ``<out>_qc.png`` beside ``out_path``.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (used when loading a checkpoint).
         mirror: ``None`` uses the config's ``inference.mirror_axes``; ``True`` all spatial axes;
@@ -328,6 +329,11 @@ def predict_case(
         model.net, model.cfg, prepared, device=model.device, mirror_axes=axes, progress=progress
     ).numpy()
     network_labels = _labels_from(probs, model.label_values) if qc_path is not None else None
+    reference = None
+    if qc_path is not None:  # a labelled case: the QC picture shows the reference beside the prediction
+        from segfuse.inference.qc import reference_for_qc
+
+        reference = reference_for_qc(case, prepared, model.preprocessing.labels)
     probs = _to_source_grid(probs, prepared.affine, prepared)
     source = prepared.source
     labels = _labels_from(probs, model.label_values).reshape(source.shape)
@@ -357,6 +363,7 @@ def predict_case(
                 network_labels,
                 qc_path,
                 scales={n: tuple(s) for n, s in model.preprocessing.aux_scales.items()},
+                reference=reference,
             )
             written.append(Path(qc_path))
     except BaseException:

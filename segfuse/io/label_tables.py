@@ -30,6 +30,7 @@ __all__ = [
     "ITKSNAP_NAME",
     "PALETTE",
     "SLICER_NAME",
+    "label_colour_hex",
     "label_colours",
     "read_itksnap_labels",
     "read_slicer_color_table",
@@ -59,21 +60,24 @@ PALETTE: tuple[tuple[int, int, int], ...] = (
 
 
 def label_colours(values: Mapping[int, str] | list[int] | tuple[int, ...]) -> dict[int, tuple[int, int, int]]:
-    """Value → RGB (0–255): black for 0, the :data:`PALETTE` in ascending order for the others.
+    """Value → RGB (0–255): black for 0, ``PALETTE[(value - 1) % len(PALETTE)]`` for the others.
+
+    A value has the same colour whatever else is present (QC pictures use it too).
 
     Example:
         >>> label_colours([0, 1, 2])
         {0: (0, 0, 0), 1: (228, 26, 28), 2: (77, 175, 74)}
     """
-    out: dict[int, tuple[int, int, int]] = {}
-    foreground = 0
-    for value in sorted(int(v) for v in values):
-        if value == 0:
-            out[0] = (0, 0, 0)
-            continue
-        out[value] = PALETTE[foreground % len(PALETTE)]
-        foreground += 1
-    return out
+    return {
+        int(v): (0, 0, 0) if int(v) == 0 else PALETTE[(int(v) - 1) % len(PALETTE)]
+        for v in sorted(int(v) for v in values)
+    }
+
+
+def label_colour_hex(value: int) -> str:
+    """``#rrggbb`` of :func:`label_colours` for one value."""
+    r, g, b = label_colours([value])[value]
+    return f"#{r:02x}{g:02x}{b:02x}"
 
 
 def _checked(labels: Mapping[int, str]) -> dict[int, str]:
@@ -118,7 +122,7 @@ def write_itksnap_labels(path: str | Path, labels: Mapping[int, str]) -> Path:
     for value, name in _checked(labels).items():
         r, g, b = colours[value]
         if value == 0:
-            lines.append(f"{0:5d} {0:5d} {0:4d} {0:4d} {0.0:8.2f} {0:2d} {0:2d}    \"Clear Label\"")
+            lines.append(f'{0:5d} {0:5d} {0:4d} {0:4d} {0.0:8.2f} {0:2d} {0:2d}    "Clear Label"')
             continue
         text = name.replace('"', "'")
         lines.append(f'{value:5d} {r:5d} {g:4d} {b:4d} {1.0:8.2f} {1:2d} {1:2d}    "{text}"')
