@@ -172,6 +172,13 @@ def test_dockerfile_install_commands_in_a_fresh_venv(tmp_path: Path) -> None:
     for name in ("segfuse", "configs"):
         shutil.copytree(ROOT / name, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     venv = tmp_path / "venv"
+    try:
+        _install_and_check(runs, context, venv, tmp_path)
+    finally:  # pytest keeps recent tmp folders; a 6 GB venv should not stay behind
+        shutil.rmtree(venv, ignore_errors=True)
+
+
+def _install_and_check(runs: list[str], context: Path, venv: Path, tmp_path: Path) -> None:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     env = {**os.environ, "PIP_NO_CACHE_DIR": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1"}
     env.pop("PYTHONPATH", None)

@@ -154,3 +154,51 @@ def test_bad_format_and_cli(ckpt_dropout: Path, tmp_path: Path, capsys) -> None:
     code = main(["export", "--checkpoint", str(tmp_path / "absent.pt"), "--out", str(tmp_path / "u")])
     assert code == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_several_auxiliaries_at_their_own_shapes_through_onnx(tmp_path: Path) -> None:
+    import onnxruntime as ort
+
+    cfg = config_from_dict(
+        {
+            "data": {
+                "aux": {
+                    "flair": {"scale": [2, 2, 4], "dropout": 0.2},
+                    "dwi": {"scale": [2, 2, 2], "fusion": "gated", "mapper": "linear", "dropout": 0.2},
+                },
+                "labels": {0: "background", 1: "a", 2: "b"},
+            },
+            "model": {"encoder_depth": 3, "widen_factor": 0.25, "stem_kernel": 3, "decoder_channels": [16, 8, 8]},
+            "training": {"patch_size": [16, 16, 16]},
+        }
+    )
+    torch.manual_seed(0)
+    net = build_model(cfg)
+    ckpt = save_checkpoint({"model": net.state_dict(), "config": cfg.to_dict(), "in_channels": 1}, tmp_path / "m.pt")
+    result = export_model(ckpt, tmp_path / "out", fmt="onnx")
+    names = ["image", "aux_flair", "aux_dwi", "present_flair", "present_dwi"]
+    assert [i["name"] for i in result.metadata["inputs"]] == names
+    session = ort.InferenceSession(str(result.model_path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == names
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 1, 24, 16, 32, generator=gen)
+    flair = torch.randn(2, 1, 12, 8, 8, generator=gen)
+    dwi = torch.randn(2, 1, 12, 8, 16, generator=gen)
+    present_dwi = torch.tensor([1.0, 0.0])
+    feeds = {"image": x, "aux_flair": flair, "aux_dwi": dwi * present_dwi.view(-1, 1, 1, 1, 1),
+             "present_flair": torch.ones(2), "present_dwi": present_dwi}  # fmt: skip
+    got = session.run(["logits"], {k: v.numpy() for k, v in feeds.items()})[0]
+    model = load_model(ckpt).net
+    with torch.no_grad():
+        first = model(x[:1], aux={"flair": flair[:1], "dwi": dwi[:1]}).numpy()
+        second = model(x[1:], aux={"flair": flair[1:], "dwi": None}).numpy()
+    np.testing.assert_allclose(got, np.concatenate([first, second]), atol=1e-4, rtol=1e-4)
+
+
+def test_onnx_without_its_packages_says_what_to_install(ckpt_dropout: Path, tmp_path: Path, monkeypatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # as if not installed
+    with pytest.raises(SegfuseInputError, match=r"ONNX export needs .*onnxscript.*pip install 'segfuse\[export\]'"):
+        export_model(ckpt_dropout, tmp_path / "o", fmt="onnx")
+    assert not (tmp_path / "o" / "model.onnx").exists()
