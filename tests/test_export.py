@@ -17,7 +17,10 @@ from segfuse.io.checkpoint import save_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.models.factory import build_model
 
-pytestmark = pytest.mark.slow  # each export traces the network (seconds)
+pytestmark = [
+    pytest.mark.slow,  # each export traces the network (seconds)
+    pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning"),  # torch 2.14 deprecates torch.jit
+]
 
 
 def _checkpoint(path: Path, dropout: float = 0.0, mode: str = "3d", **model) -> Path:

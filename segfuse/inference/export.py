@@ -41,6 +41,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import io
 import json
 import logging
@@ -474,6 +476,8 @@ def export_model(
     if fmt not in EXPORT_FORMATS:
         raise SegfuseInputError(f"export format must be one of {', '.join(EXPORT_FORMATS)}; got {fmt!r}")
     model = load_model(checkpoint, device="cpu")
+    if model.device.type != "cpu":  # a LoadedModel on a GPU: export a CPU copy
+        model = dataclasses.replace(model, net=copy.deepcopy(model.net).cpu(), device=torch.device("cpu"))
     net = model.net.eval()
     wrapper = ExportedNetwork(net, list(model.cfg.data.aux), model.allow_missing_aux).eval()
     names, tensors = _example_inputs(model, batch=2)

@@ -288,7 +288,7 @@ def predict_case(
 
     Args:
         state_or_model: a checkpoint file, a loaded checkpoint dict or a :class:`LoadedModel`.
-        case: the scans (a :class:`~segfuse.data.layouts.Case`; its label is ignored).
+        case: the scans (a :class:`~segfuse.data.layouts.Case`; its label, if any, is only drawn in the QC picture).
         out_path: the label file (``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``; ``.seg.nrrd`` writes a
             3D Slicer segmentation with named, coloured segments); its folder must exist.
         save_probabilities: ``True`` writes ``<out>_probabilities.nii.gz`` beside ``out_path``;
