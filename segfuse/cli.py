@@ -146,6 +146,9 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
         "enhancing_tumour=4), NAME=V,V ... items, or a file holding them (a checkpoint, a run's config.yaml "
         "with data.regions, a YAML/JSON with regions, an nnU-Net dataset.json with list-valued labels)",
     )
+    parser.add_argument(
+        "--qc", action="store_true", help="also write QC pictures (qc/<case>.png): prediction, reference, errors"
+    )
 
 
 def _evaluate_run(args: argparse.Namespace) -> int:
@@ -153,7 +156,7 @@ def _evaluate_run(args: argparse.Namespace) -> int:
     from segfuse.evaluation.evaluate import evaluate
 
     regions = regions_from_arguments(args.regions) if args.regions else None
-    result = evaluate(args.pred, args.ref, args.out, regions=regions, tolerance_mm=args.tolerance_mm)
+    result = evaluate(args.pred, args.ref, args.out, regions=regions, tolerance_mm=args.tolerance_mm, qc=args.qc)
     print(result.table())
     print(f"wrote {result.out_dir / 'per_case.csv'}, summary.json and dice_boxplot.png")
     return 0
@@ -179,6 +182,12 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="label file for --image; output folder for --dataset")
     parser.add_argument("--probabilities", action="store_true", help="also write the probability maps")
     parser.add_argument("--qc", action="store_true", help="also write QC pictures (PNG)")
+    parser.add_argument(
+        "--labels-file",
+        action="store_true",
+        help="also write label names and colours for ITK-SNAP (labels_itksnap.txt) and Slicer (labels_slicer.ctbl) "
+        "beside the output",
+    )
     mirror = parser.add_mutually_exclusive_group()
     mirror.add_argument("--mirror", action="store_true", help="mirror test-time augmentation on every axis")
     mirror.add_argument("--no-mirror", action="store_true", help="no mirroring, whatever the checkpoint's config says")
@@ -224,6 +233,7 @@ def _predict_run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
         )
         print("wrote " + ", ".join(str(p) for p in result.outputs().values()))
+        _write_label_tables(args, args.out.parent, model)
         return 0
     if args.aux:
         raise ValueError("--aux applies to --image; a --dataset names its auxiliaries itself")
@@ -242,7 +252,16 @@ def _predict_run(args: argparse.Namespace) -> int:
         workers=args.workers,
     )
     print(batch.summary())
+    _write_label_tables(args, args.out, model)
     return 0 if batch.ok else 1  # 1: some cases failed (2 is kept for bad input)
+
+
+def _write_label_tables(args: argparse.Namespace, folder: Path, model) -> None:
+    if args.labels_file:
+        from segfuse.inference.label_outputs import write_label_tables_for
+
+        paths = write_label_tables_for(model, folder)
+        print("wrote " + " and ".join(str(p) for p in paths.values()))
 
 
 # -------------------------------------------------------------------- ablate
@@ -262,6 +281,32 @@ def _ablate_run(args: argparse.Namespace) -> int:
     result = ablate(args.checkpoint, args.dataset, args.out, device=args.device, progress=not args.no_progress)
     print(result.table())
     print(f"wrote {result.out_dir / 'ablation.csv'} and ablation.json")
+    return 0
+
+
+# -------------------------------------------------------------------- export
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, required=True, help="checkpoint file (or a run folder)")
+    parser.add_argument(
+        "--format",
+        choices=("onnx", "torchscript", "exported-program"),
+        default="onnx",
+        help="onnx (onnxruntime), torchscript (torch.jit.load) or exported-program (torch.export.load)",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output folder (the model and segfuse_export.json)")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: torch's exporter's choice)")
+    parser.add_argument("--no-verify", action="store_true", help="skip the check against the eager network")
+
+
+def _export_run(args: argparse.Namespace) -> int:
+    from segfuse.inference.export import export_model
+
+    result = export_model(args.checkpoint, args.out, fmt=args.format, opset=args.opset, verify=not args.no_verify)
+    check = result.metadata["verification"]
+    note = f"; checked: max |difference| {check['max_abs_difference']:.2g}" if check["checked"] else ""
+    print(f"wrote {result.model_path} and {result.metadata_path}{note}")
     return 0
 
 
@@ -460,6 +505,11 @@ VERBS: dict[str, Verb] = {
         help="show the resolved config with every default, or check it (exit 2 naming the bad key)",
         add_arguments=_config_arguments,
         run=_config_run,
+    ),
+    "export": Verb(
+        help="export a checkpoint's network (ONNX, TorchScript, torch.export) with what prediction needs (JSON)",
+        add_arguments=_export_arguments,
+        run=_export_run,
     ),
 }
 

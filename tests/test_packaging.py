@@ -145,47 +145,7 @@ def test_makefile_torch_pins_satisfy_pyproject() -> None:
     assert _requirement("torch").specifier.contains(pins["torch"])
 
 
-# ------------------------------------------------------------------ Dockerfile
-
-
-def _dockerfile_instructions() -> list[tuple[str, str]]:
-    text = (ROOT / "Dockerfile").read_text(encoding="utf-8")
-    joined = re.sub(r"\\\n", " ", text)  # line continuations
-    out = []
-    for line in joined.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            op, _, rest = line.partition(" ")
-            out.append((op.upper(), rest.strip()))
-    return out
-
-
-def test_dockerfile_base_torch_package_and_entrypoint() -> None:
-    instructions = _dockerfile_instructions()
-    assert instructions[0] == ("FROM", "python:3.11-slim")
-    runs = [rest for op, rest in instructions if op == "RUN"]
-
-    torch_runs = [r for r in runs if "torch==" in r]
-    assert len(torch_runs) == 1
-    assert "download.pytorch.org/whl/cpu" in torch_runs[0]
-    pins = _pins(torch_runs[0])
-    assert _requirement("torch").specifier.contains(pins["torch"])
-    # The CPU index names its wheels 2.14.1+cpu; PEP 440 ignores the local label for <= / >=.
-    assert _requirement("torch").specifier.contains(pins["torch"] + "+cpu")
-    assert pins == _pins((ROOT / "Makefile").read_text(encoding="utf-8")), "Dockerfile and Makefile pin the same torch"
-
-    package_runs = [i for i, r in enumerate(runs) if re.search(r"pip install (\S+ )*\.(\s|$)", r + " ")]
-    assert package_runs, "the Dockerfile must pip install the package itself"
-    assert runs.index(torch_runs[0]) < package_runs[0], "torch is installed before the package"
-
-    entry = [json.loads(rest) for op, rest in instructions if op == "ENTRYPOINT"]
-    assert len(entry) == 1
-    assert entry[0][0] in _pyproject()["project"]["scripts"]
-
-    copied = [rest.split()[:-1] for op, rest in instructions if op == "COPY"]
-    for sources in copied:
-        for source in sources:
-            assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
+# ------------------------------------------------------------------ Dockerfile (rules and lint: test_docker.py)
 
 
 def test_dockerignore_excludes_local_state() -> None:

@@ -396,6 +396,7 @@ def evaluate(
     regions: Mapping[str, Sequence[int]] | None = None,
     tolerance_mm: float = 1.0,
     progress: bool = True,
+    qc: bool = False,
 ) -> EvaluationResult:
     """Score every case's prediction against its reference and write the reports.
 
@@ -412,6 +413,8 @@ def evaluate(
             every region (and outside ``labels``, when given) are errors.
         tolerance_mm: boundary tolerance of the normalised surface Dice, in mm.
         progress: show a tqdm bar over cases.
+        qc: also write ``out_dir/qc/<case_id>.png``: a few slices with the prediction,
+            the reference's outline and the errors (missed, extra, wrong class).
 
     Returns:
         An :class:`EvaluationResult`; ``result.table()`` gives a printable summary.
@@ -481,7 +484,18 @@ def evaluate(
         out_dir / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n"
     )
     _write_boxplot(out_dir / "dice_boxplot.png", rows, label_map)
+    if qc:  # after every case passed its checks: no pictures from a failed evaluation
+        _write_qc(pairs, out_dir / "qc", progress)
     return EvaluationResult(rows=rows, summary=summary, out_dir=out_dir, warnings=list(notes))
+
+
+def _write_qc(pairs: Sequence[tuple[str, Path, Path]], folder: Path, progress: bool) -> None:
+    from segfuse.inference.qc import save_label_comparison_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for case, pred_path, ref_path in tqdm(pairs, desc="QC pictures", disable=not progress, unit="case"):
+        p_vol, r_vol = read_image(pred_path), read_image(ref_path)
+        save_label_comparison_png(p_vol.array, r_vol.array, r_vol.affine, folder / f"{case}.png")
 
 
 def reference_folder(cases, folder: Path) -> Path:

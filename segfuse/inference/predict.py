@@ -67,6 +67,7 @@ from segfuse.data.preprocess import (
     resample,
 )
 from segfuse.inference.engine import predict_prepared
+from segfuse.inference.label_outputs import write_label_map
 from segfuse.inference.pipeline import prepare_ahead, run_pipelined, run_sequential
 from segfuse.io.atomic import atomic_write_text, file_sha256
 from segfuse.io.checkpoint import load_checkpoint
@@ -303,7 +304,7 @@ def _labels_from(probs: np.ndarray, values: Sequence[int], regions: Mapping[str,
 
 def _default_sidecar(out_path: Path, tail: str) -> Path:
     name = out_path.name
-    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha"):
+    for suffix in (".nii.gz", ".nii", ".seg.nrrd", ".nrrd", ".mha"):
         if name.endswith(suffix):
             return out_path.with_name(name[: -len(suffix)] + tail)
     return out_path.with_name(name + tail)
@@ -327,11 +328,13 @@ def predict_case(
 
     Args:
         state_or_model: a checkpoint file, a loaded checkpoint dict or a :class:`LoadedModel`.
-        case: the scans (a :class:`~segfuse.data.layouts.Case`; its label is ignored).
-        out_path: the label file (``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``); its folder must exist.
+        case: the scans (a :class:`~segfuse.data.layouts.Case`; its label, if any, is only drawn in the QC picture).
+        out_path: the label file (``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``; ``.seg.nrrd`` writes a
+            3D Slicer segmentation with named, coloured segments); its folder must exist.
         save_probabilities: ``True`` writes ``<out>_probabilities.nii.gz`` beside ``out_path``;
             a path writes there. The map is float32 ``(*input shape, K)`` (K regions with ``data.regions``).
-        qc_path: write a QC PNG there (slices with the mask over the primary and each auxiliary);
+        qc_path: write a QC PNG there (slices with the mask over the primary and each auxiliary;
+            with the reference's outline and an error column when the case has a label);
             ``True`` writes ``<out>_qc.png`` beside ``out_path``.
         device: ``"cpu"``, ``"cuda"`` or ``"auto"`` (used when loading a checkpoint).
         mirror: ``None`` uses the config's ``inference.mirror_axes``; ``True`` all spatial axes;
@@ -369,6 +372,11 @@ def predict_case(
         probs = model.probabilities(prepared, mirror_axes=axes, progress=progress).numpy()
     regions = model.cfg.data.regions
     network_labels = _labels_from(probs, model.label_values, regions) if qc_path is not None else None
+    reference = None
+    if qc_path is not None:  # a labelled case: the QC picture shows the reference beside the prediction
+        from segfuse.inference.qc import reference_for_qc
+
+        reference = reference_for_qc(case, prepared, model.preprocessing.labels)
     probs = _to_source_grid(probs, prepared.affine, prepared)
     source = prepared.source
     labels = _labels_from(probs, model.label_values, regions).reshape(source.shape)
@@ -382,7 +390,7 @@ def predict_case(
         )
     written: list[Path] = []
     try:
-        write_image(labels, source, out_path, dtype=labels.dtype)
+        write_label_map(labels, source, out_path, model.cfg)  # .seg.nrrd: a Slicer segmentation
         written.append(out_path)
         if prob_path is not None:
             channels_last = np.moveaxis(probs, 0, -1).reshape(*source.shape, probs.shape[0])
@@ -398,6 +406,7 @@ def predict_case(
                 network_labels,
                 qc_path,
                 scales={n: tuple(s) for n, s in model.preprocessing.aux_scales.items()},
+                reference=reference,
             )
             written.append(Path(qc_path))
     except BaseException:

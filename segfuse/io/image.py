@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -328,7 +329,9 @@ def _write_nifti(array: np.ndarray, reference: Volume, path: Path, dtype: np.dty
             )
 
 
-def _write_sitk(array: np.ndarray, reference: Volume, path: Path, dtype: np.dtype) -> None:
+def _write_sitk(
+    array: np.ndarray, reference: Volume, path: Path, dtype: np.dtype, metadata: Mapping[str, str] | None = None
+) -> None:
     ndim = reference.ndim_spatial
     data = np.asarray(array).astype(dtype, copy=False)
     if data.dtype == np.bool_:
@@ -351,6 +354,8 @@ def _write_sitk(array: np.ndarray, reference: Volume, path: Path, dtype: np.dtyp
             f"{path}: the reference affine {describe_affine(reference.affine)} has no "
             f"orthonormal direction matrix, which {path.suffix} files need; write NIfTI instead"
         ) from err
+    for key, value in (metadata or {}).items():
+        image.SetMetaData(str(key), str(value))
     with atomic_output_path(path) as tmp:
         sitk.WriteImage(image, str(tmp), useCompression=True)
 
@@ -360,6 +365,8 @@ def write_image(
     reference: Volume,
     path: str | os.PathLike[str],
     dtype: np.typing.DTypeLike | None = None,
+    *,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``array`` on ``reference``'s grid to ``path`` (NIfTI, NRRD or MHA), atomically.
 
@@ -374,6 +381,8 @@ def write_image(
         path: output file; its extension picks the format (see ``WRITE_SUFFIXES``).
         dtype: stored dtype; default keeps the array's (bool -> uint8, int64 -> int32
             when the values fit).
+        metadata: NRRD/MHA only: extra header fields, key → text (e.g. Slicer's
+            ``Segment0_Name``); an error for NIfTI, which has no place for them.
 
     Example:
         >>> write_image(labels, t1, "out/seg.nii.gz", dtype=np.uint8)  # doctest: +SKIP
@@ -398,7 +407,9 @@ def write_image(
         raise SegfuseInputError(f"{path}: output folder {path.parent} does not exist")
     out_dtype = _output_dtype(array, dtype)
     if suffix in NIFTI_SUFFIXES:
+        if metadata:
+            raise SegfuseInputError(f"{path}: NIfTI files have no place for metadata fields {sorted(metadata)}")
         _write_nifti(array, reference, path, out_dtype)
     else:
-        _write_sitk(array, reference, path, out_dtype)
+        _write_sitk(array, reference, path, out_dtype, metadata)
     return path

@@ -136,7 +136,21 @@ class ResNet18Encoder(nn.Module):
         return self
 
     def load_pretrained(self, path: str | Path) -> None:
-        """Load ImageNet (2D, torchvision layout) or MedicalNet-style (3D) ResNet18 weights.
+        """Load ImageNet (2D, torchvision layout) or MedicalNet (3D) ResNet18 weights from a local file.
+
+        Accepted layouts (see :func:`backbone_state_from_file`): torchvision's
+        ``resnet18-*.pth`` (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``,
+        …, ``fc.*``), MedicalNet's ``resnet_18*.pth`` (``{"state_dict": {"module.conv1.weight",
+        …, "module.conv_seg.*"}}``), and the same keys under ``encoder.``/``module.``
+        prefixes or a ``model`` wrapper. Classification and segmentation heads
+        (``fc.*``, ``conv_seg.*``) are ignored; every encoder tensor must be found.
+
+        Two gaps between the published files and this encoder are bridged exactly:
+        BatchNorm's ``num_batches_tracked`` counters (absent from torchvision's
+        files) keep their value, and MedicalNet ResNet18's parameter-free type-A
+        shortcuts (stride-2 subsampling, zero channels appended; the file has no
+        ``downsample`` tensors) become the type-B shortcut convolution that does
+        the same: identity 1×1 weights, zero bias, identity normalisation.
 
         The first convolution is adapted when the input has a different number of
         channels than the file (smp's ``patch_first_conv``): the pretrained
@@ -144,28 +158,29 @@ class ResNet18Encoder(nn.Module):
         (summed for a single channel), never re-initialised.
 
         Raises:
-            SegfuseInputError: the file is missing, unreadable, or its tensors do
-                not fit this encoder (names and shapes listed).
+            SegfuseInputError: the file is missing, unreadable, of an unknown layout
+                (its first keys listed), or its tensors do not fit this encoder
+                (names and shapes listed).
         """
         path = Path(path)
-        if not path.is_file():
-            raise SegfuseInputError(f"{path}: pretrained encoder weights not found")
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises several types for a bad pickle
-            raise SegfuseInputError(f"{path}: cannot read encoder weights: {exc}") from exc
-        if isinstance(raw, dict) and "state_dict" in raw:
-            raw = raw["state_dict"]
-        if not isinstance(raw, dict):
-            raise SegfuseInputError(f"{path}: expected a state_dict, found {type(raw).__name__}")
-        source = OrderedDict(
-            (k.removeprefix("module.").removeprefix("encoder."), v) for k, v in raw.items()
-        )
+        source = backbone_state_from_file(path)
         own = self._backbone_state_dict()
+        first = source.get("conv1.weight")
+        if first is not None and first.ndim in (4, 5) and first.ndim != own["conv1.weight"].ndim:
+            kind = {4: "2D (ImageNet/torchvision)", 5: "3D (MedicalNet)"}.get(first.ndim, f"{first.ndim - 2}D")
+            raise SegfuseInputError(
+                f"{path}: the file holds {kind} ResNet18 weights (conv1.weight {tuple(first.shape)}), "
+                f"but this encoder is {self.spatial_dims}D; use ImageNet weights for model.mode 2d "
+                "and MedicalNet weights for 3d"
+            )
+        source = self._bridge_shortcuts(source, own)
         loaded: dict[str, torch.Tensor] = {}
         problems: list[str] = []
         for key, target in own.items():
             if key not in source:
+                if key.endswith("num_batches_tracked"):
+                    loaded[key] = target  # a training counter, absent from torchvision's files
+                    continue
                 problems.append(f"missing {key}")
                 continue
             value = source[key]
@@ -176,7 +191,7 @@ class ResNet18Encoder(nn.Module):
                     f"{key}: file has {tuple(value.shape)}, encoder needs {tuple(target.shape)}"
                 )
                 continue
-            loaded[key] = value
+            loaded[key] = value.to(target.dtype)
         if problems:
             listed = "; ".join(problems[:10])
             more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
@@ -185,6 +200,44 @@ class ResNet18Encoder(nn.Module):
                 f"(depth {self.depth}): {listed}{more}"
             )
         self._load_backbone_state_dict(loaded)
+
+    def _bridge_shortcuts(
+        self, source: dict[str, torch.Tensor], own: OrderedDict[str, torch.Tensor]
+    ) -> dict[str, torch.Tensor]:
+        """Fill shortcut tensors that a file leaves out, by the function its network computed.
+
+        * no ``layerN.0.downsample.*`` at all (MedicalNet ResNet18/34, type-A
+          shortcut ``cat([x[::2, ::2, ::2], zeros])``): identity 1×1 convolution
+          weights (zero for the appended channels), zero bias, identity normalisation
+          (running mean 0, running variance ``1 - eps``, weight 1, bias 0);
+        * ``downsample.0.weight`` without ``downsample.0.bias`` (a bias-free type-B
+          shortcut, MONAI's ``bias_downsample=False``): zero bias.
+        """
+        out = dict(source)
+        for stage in range(2, 5):
+            prefix = f"layer{stage}.0.downsample"
+            wanted = [k for k in own if k.startswith(prefix + ".")]
+            if not wanted or not any(k.startswith(f"layer{stage}.") for k in source):
+                continue
+            has_any = any(k.startswith(prefix + ".") for k in source)
+            conv_w = own[f"{prefix}.0.weight"]
+            if not has_any:
+                weight = torch.zeros_like(conv_w)
+                n_in = conv_w.shape[1]
+                weight[torch.arange(n_in), torch.arange(n_in)] = 1.0
+                out[f"{prefix}.0.weight"] = weight
+                norm = self.stages[stage - 1][0].downsample[1]
+                eps = float(getattr(norm, "eps", 1e-5))
+                for key, value in own.items():
+                    if not key.startswith(f"{prefix}.1."):
+                        continue
+                    name = key.rsplit(".", 1)[1]
+                    fill = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0 - eps}
+                    if name in fill:
+                        out[key] = torch.full_like(value, fill[name])
+            if f"{prefix}.0.bias" in own and f"{prefix}.0.bias" not in out and f"{prefix}.0.weight" in out:
+                out[f"{prefix}.0.bias"] = torch.zeros_like(own[f"{prefix}.0.bias"])
+        return out
 
     def _named_backbone_modules(self) -> dict[str, nn.Module]:
         names = {"conv1": self.stem[0], "bn1": self.stem[1]}
@@ -205,6 +258,63 @@ class ResNet18Encoder(nn.Module):
                 k[len(prefix) + 1 :]: v for k, v in state.items() if k.startswith(prefix + ".")
             }
             module.load_state_dict(sub, strict=True)
+
+
+#: Key prefixes of the published files' heads, which an encoder does not use.
+HEAD_PREFIXES = ("fc.", "conv_seg.")
+
+#: Wrapper keys around a state dict (MedicalNet: ``state_dict``; many training scripts: ``model``).
+WRAPPER_KEYS = ("state_dict", "model")
+
+
+def backbone_state_from_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a local ResNet18 weights file into ``key → tensor`` with torchvision's key names.
+
+    Unwraps ``{"state_dict": ...}`` or ``{"model": ...}``, removes ``module.``
+    (DataParallel, as in MedicalNet's files) and ``encoder.`` prefixes, and drops
+    the heads (``fc.*``, ``conv_seg.*``). Read with ``weights_only=True``.
+
+    Raises:
+        SegfuseInputError: missing or unreadable file, or a layout without ResNet
+            keys (``conv1.weight``, ``layer1.*``): the message lists the file's first keys
+            and the layouts accepted.
+
+    Example:
+        >>> state = backbone_state_from_file("resnet18-f37072fd.pth")  # doctest: +SKIP
+        >>> state["conv1.weight"].shape  # doctest: +SKIP
+        torch.Size([64, 3, 7, 7])
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SegfuseInputError(f"{path}: pretrained encoder weights not found")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a bad pickle
+        raise SegfuseInputError(f"{path}: cannot read encoder weights: {exc}") from exc
+    for key in WRAPPER_KEYS:
+        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
+            raw = raw[key]
+            break
+    if not isinstance(raw, dict):
+        raise SegfuseInputError(f"{path}: expected a state_dict, found {type(raw).__name__}")
+    state: dict[str, torch.Tensor] = {}
+    for key, value in raw.items():
+        if not isinstance(value, torch.Tensor):
+            continue
+        name = str(key)
+        for prefix in ("module.", "encoder.", "module."):
+            name = name.removeprefix(prefix)
+        if not name.startswith(HEAD_PREFIXES):
+            state[name] = value
+    if "conv1.weight" not in state and not any(k.startswith("layer1.") for k in state):
+        sample = ", ".join(list(map(str, raw))[:6]) or "none"
+        raise SegfuseInputError(
+            f"{path}: unknown weights layout: no ResNet keys (conv1.weight, layer1.*) after removing "
+            f"'module.'/'encoder.' prefixes; the file's first keys are: {sample}. Expected torchvision's "
+            "ImageNet resnet18 file (conv1.weight, bn1.*, layer1.0.conv1.weight, …, fc.*) or MedicalNet's "
+            "resnet_18.pth ({'state_dict': {'module.conv1.weight', …}})"
+        )
+    return state
 
 
 def adapt_first_conv(weight: torch.Tensor, new_in_channels: int) -> torch.Tensor:
