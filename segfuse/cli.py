@@ -238,6 +238,27 @@ def _demo_run(args: argparse.Namespace) -> int:
     return 0
 
 
+# ------------------------------------------------------------------ resample
+
+
+def _resample_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", type=Path, help="the fine volume (NIfTI, NRRD, MHA or DICOM folder)")
+    parser.add_argument(
+        "--scale", type=int, nargs="+", required=True, metavar="S",
+        help="integer downsampling factor per axis, e.g. 2 2 4 for 2x2x4 mm from 1 mm",
+    )
+    parser.add_argument("--out", type=Path, required=True, help="output file (.nii.gz, .nii, .nrrd or .mha)")
+
+
+def _resample_run(args: argparse.Namespace) -> int:
+    from segfuse.data.lowres import resample_file
+
+    low = resample_file(args.image, args.out, args.scale)
+    spacing = " x ".join(f"{s:g}" for s in low.spacing)
+    print(f"wrote {args.out}: shape {low.shape}, spacing {spacing} mm (same field of view as {args.image})")
+    return 0
+
+
 VERBS: dict[str, Verb] = {
     "demo": Verb(
         help="train, predict and evaluate on the bundled hippocampus sample (a few minutes on a CPU)",
@@ -268,6 +289,11 @@ VERBS: dict[str, Verb] = {
         help="the value of each auxiliary: Dice with all, without each, and without any auxiliary",
         add_arguments=_ablate_arguments,
         run=_ablate_run,
+    ),
+    "resample": Verb(
+        help="simulate a thick-slice acquisition: anti-alias smoothing, then a coarser grid over the same view",
+        add_arguments=_resample_arguments,
+        run=_resample_run,
     ),
 }
 
