@@ -22,7 +22,7 @@ import csv
 import io
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +44,13 @@ class AblationResult:
             ``dice`` (class name → mean Dice), ``mean_dice``, ``drop_vs_all``.
         classes: class names, in label order.
         out_dir: folder holding ``ablation.csv``, ``ablation.json`` and each variant's runs.
+        evaluations: variant → its :class:`EvaluationResult` (per-case rows in ``.rows``).
     """
 
     rows: list[dict[str, Any]]
     classes: list[str]
     out_dir: Path
+    evaluations: dict[str, EvaluationResult] = field(default_factory=dict)
 
     def table(self) -> str:
         """A text table: variant × class Dice, mean Dice, drop vs ``all``.
@@ -162,7 +164,8 @@ def ablate(
         mean = row["mean_dice"]
         row["drop_vs_all"] = None if reference is None or mean is None else reference - mean
 
-    result = AblationResult(rows=rows, classes=classes, out_dir=out_dir)
+    evaluations = {row["variant"]: by_dropped[frozenset(row["dropped"])] for row in rows}
+    result = AblationResult(rows=rows, classes=classes, out_dir=out_dir, evaluations=evaluations)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["variant", "dropped", *(f"dice_{c}" for c in classes), "mean_dice", "drop_vs_all"])
