@@ -114,7 +114,9 @@ class DemoResult:
 
 
 def _fmt(value: float, spec: str = "{:.3f}") -> str:
-    return "n/a" if value is None or math.isnan(value) else spec.format(value)
+    if value is None or math.isnan(value):
+        return "n/a"
+    return spec.format(round(value, 3) + 0.0)  # + 0.0: no "-0.000"
 
 
 def _nanmean(values: list[float]) -> float:
@@ -267,5 +269,6 @@ def _with_and_without(checkpoint: Path, held_back, cfg: Config, out: Path, aux: 
             f"without {aux}: Dice {_fmt(row.without_aux)}": ablation.out_dir / without / "predictions" / name,
         }
         picture = out / "comparison" / f"{case.case_id}.png"
-        demo.pictures.append(save_comparison_png(case, masks, picture, aux={aux: cfg.data.aux[aux].scale}))
+        demo.pictures.append(save_comparison_png(case, masks, picture, aux={aux: cfg.data.aux[aux].scale},
+                                                 primary_name=held_back.primary_name))
     return demo

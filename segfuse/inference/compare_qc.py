@@ -40,6 +40,7 @@ def save_comparison_png(
     path: str | Path,
     *,
     aux: Mapping[str, Sequence[int]] | None = None,
+    primary_name: str = "primary",
     n_slices: int = 3,
 ) -> Path:
     """Write a PNG: primary | each auxiliary | each label map over the primary, ``n_slices`` rows.
@@ -49,6 +50,7 @@ def save_comparison_png(
         masks: column title → label file on the primary's grid; the first one picks the slices.
         path: the PNG file; its folder is created.
         aux: auxiliary name → its integer scale over the primary (e.g. ``{"flair": (2, 2, 4)}``).
+        primary_name: the primary's column title (its voxel size is added).
         n_slices: rows (axial slices at evenly spaced quantiles of the first mask).
 
     Raises:
@@ -65,7 +67,8 @@ def save_comparison_png(
     data = source.array if case.primary.channel is None else source.array[..., case.primary.channel]
     primary, affine = to_canonical(np.asarray(data, dtype=np.float32)[None], source.affine)
     shape = primary.shape[1:]
-    shown: dict[str, np.ndarray] = {"primary": primary[0]}
+    spacing = "×".join(f"{s:g}" for s in source.spacing[:3])
+    shown: dict[str, np.ndarray] = {f"{primary_name} ({spacing} mm)": primary[0]}
     for name, scale in (aux or {}).items():
         if name not in case.aux:
             raise SegfuseInputError(
@@ -91,7 +94,7 @@ def save_comparison_png(
     n_labels = max([int(m.max()) for m in labels.values()] + [1])
     colours = ListedColormap(["#e41a1c", "#4daf4a", "#377eb8", "#ff7f00", "#984ea3", "#ffff33"][:n_labels])
     columns = [(title, image, None) for title, image in shown.items()]
-    columns += [(title, shown["primary"], mask) for title, mask in labels.items()]
+    columns += [(title, primary[0], mask) for title, mask in labels.items()]
     fig = Figure(figsize=(2.4 * len(columns), 2.4 * len(rows)), layout="constrained")
     axes = fig.subplots(len(rows), len(columns), squeeze=False)
     for r, z in enumerate(rows):
