@@ -18,7 +18,7 @@ DEMO_OUT ?= demo_output
 .PHONY: help install demo test lint clean-venv
 
 help:
-	@echo "make demo   install into $(VENV) and run segfuse on the bundled hippocampus sample"
+	@echo "make demo   install into $(VENV) and run segfuse on the bundled BraTS sample (T1 + low-res FLAIR)"
 	@echo "make test   install into $(VENV) and run the whole test suite"
 	@echo "make lint   ruff over the project"
 
@@ -39,8 +39,9 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
-# `make demo` runs `segfuse demo`: train on 18 bundled hippocampus cases for 5 minutes,
-# predict the 6 held back, evaluate them; everything lands in $(DEMO_OUT)/.
+# `make demo` runs `segfuse demo`: train on 9 bundled BraTS subjects (T1 2 mm + FLAIR
+# 4x4x8 mm) for 5 minutes, predict the 3 held back with and without the FLAIR, print the
+# Dice of both and the difference; everything lands in $(DEMO_OUT)/.
 demo: $(STAMP)
 	$(VENV)/bin/segfuse demo --out $(DEMO_OUT)
 

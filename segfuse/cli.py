@@ -366,9 +366,14 @@ def _train_run(args: argparse.Namespace) -> int:
 
 def _demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("demo_output"), help="output folder (default: demo_output)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (prediction runs where training ran)")
     parser.add_argument(
-        "overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. training.iterations=60"
+        "--hippocampus",
+        action="store_true",
+        help="the single-modality demo on the bundled hippocampus sample instead of BraTS T1 + low-resolution FLAIR",
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. training.max_minutes=2"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -376,7 +381,8 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
 def _demo_run(args: argparse.Namespace) -> int:
     from segfuse.demo import run_demo
 
-    run_demo(args.out, device=args.device, overrides=args.overrides, progress=not args.no_progress)
+    sample = "hippocampus" if args.hippocampus else "brats"
+    run_demo(args.out, sample=sample, device=args.device, overrides=args.overrides, progress=not args.no_progress)
     return 0
 
 
@@ -457,7 +463,8 @@ def _config_run(args: argparse.Namespace) -> int:
 
 VERBS: dict[str, Verb] = {
     "demo": Verb(
-        help="train, predict and evaluate on the bundled hippocampus sample (a few minutes on a CPU)",
+        help="train with a low-resolution FLAIR on a bundled BraTS sample, predict, evaluate, and show what the "
+        "FLAIR is worth (a few minutes on a CPU)",
         add_arguments=_demo_arguments,
         run=_demo_run,
     ),

@@ -23,7 +23,7 @@ import csv
 import io
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +45,13 @@ class AblationResult:
             ``dice`` (class name → mean Dice), ``mean_dice``, ``drop_vs_all``, ``dice_drop_vs_all`` (per class).
         classes: class names, in label order.
         out_dir: folder holding ``ablation.csv``, ``ablation.json`` and each variant's runs.
+        evaluations: variant → its :class:`EvaluationResult` (per-case rows in ``.rows``).
     """
 
     rows: list[dict[str, Any]]
     classes: list[str]
     out_dir: Path
+    evaluations: dict[str, EvaluationResult] = field(default_factory=dict)
 
     def table(self) -> str:
         """A text table: variant × class Dice, mean Dice, drop vs ``all``.
@@ -169,7 +171,8 @@ def ablate(
             for c in classes
         }
 
-    result = AblationResult(rows=rows, classes=classes, out_dir=out_dir)
+    evaluations = {row["variant"]: by_dropped[frozenset(row["dropped"])] for row in rows}
+    result = AblationResult(rows=rows, classes=classes, out_dir=out_dir, evaluations=evaluations)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["variant", "dropped", *(f"dice_{c}" for c in classes), "mean_dice", "drop_vs_all"])

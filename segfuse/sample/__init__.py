@@ -1,8 +1,15 @@
 """Small real datasets shipped inside the segfuse package.
 
+``brats/`` holds 12 BraTS 2018/2019 subjects in the nnU-Net v2 raw layout: the
+T1 at 2 mm (channel 0), the FLAIR as a simulated 4 × 4 × 8 mm acquisition on its
+own grid (channel 1) and whole-tumour labels, written by
+``data/make_brats_sample.py``; BraTS terms of use, see ``brats/LICENSE.md``.
+``segfuse demo`` trains on it (config ``demo.yaml``).
+
 ``hippocampus/`` holds 24 cases of the Medical Segmentation Decathlon's Task04
 Hippocampus in the decathlon layout (``dataset.json``, ``imagesTr/``,
 ``labelsTr/``), unmodified, under CC BY-SA 4.0; see ``hippocampus/LICENSE.md``.
+``segfuse demo --hippocampus`` trains on it (config ``demo_hippocampus.yaml``).
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ def sample_data_path(name: str = "hippocampus") -> Path:
     """Folder of a bundled sample dataset, ready for :func:`segfuse.data.layouts.read_dataset`.
 
     Args:
-        name: the sample's folder name; only ``"hippocampus"`` ships today.
+        name: the sample's folder name: ``"hippocampus"`` or ``"brats"``.
 
     Raises:
         ValueError: no bundled sample of that name (the available ones are listed).
