@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SegfuseInputError"]
+__all__ = ["SegfuseInputError", "SegfuseWriteError"]
 
 
 class SegfuseInputError(ValueError):
@@ -11,4 +11,14 @@ class SegfuseInputError(ValueError):
     The message names the file, the problem and the values involved (expected vs
     received), e.g. ``"scan.nii.gz: contains 12 NaN/Inf voxels"``. The CLI prints
     it as one line and exits with code 2.
+    """
+
+
+class SegfuseWriteError(OSError):
+    """An output file could not be written (disk full, no permission): the message names it.
+
+    Raised by :mod:`segfuse.io.atomic` in place of the bare ``OSError``, whose
+    message often names only a temporary file or nothing at all. The target is
+    left as it was and no temporary file remains. The CLI prints it as one line
+    and exits with code 1.
     """
