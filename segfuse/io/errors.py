@@ -22,3 +22,6 @@ class SegfuseWriteError(OSError):
     left as it was and no temporary file remains. The CLI prints it as one line
     and exits with code 1.
     """
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # "out/seg.nii.gz: cannot write it (No space left on device); ..."
