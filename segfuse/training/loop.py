@@ -40,6 +40,7 @@ from segfuse.data.layouts import read_dataset, split_cases
 from segfuse.data.preprocess import PreparedCase, crop_to_nonzero, prepare_case, preprocessing_from_config, scales_lcm
 from segfuse.data.sampling import PaddedCase, pad_case, sample_patch
 from segfuse.inference.engine import predict_prepared
+from segfuse.io.atomic import remove_stale_temporaries
 from segfuse.io.checkpoint import load_checkpoint, save_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.models.factory import build_model
@@ -295,6 +296,8 @@ def train(
     if resume:
         if run_dir is None:
             raise SegfuseInputError("resume needs the run folder (segfuse train --resume RUN_DIR)")
+        for stale in remove_stale_temporaries(run_dir):  # a checkpoint write cut short by a kill
+            log.info("removed %s, left by an interrupted run", stale)
         state = load_checkpoint(Path(run_dir) / "checkpoint_last.pt")
         cfg = config_from_dict(state["config"])
     if cfg is None:
