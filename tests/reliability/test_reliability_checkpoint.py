@@ -116,9 +116,6 @@ def test_killed_while_writing_a_checkpoint_keeps_the_previous_one_and_never_load
     assert temporaries(run)  # the kill left a partial temporary file behind
     state = load_checkpoint(run)  # the folder: only complete, hash-checked files are read
     assert state["path"] == str(target) and state["config"]["version"] in (1, 2)
-    from segfuse.io.atomic import remove_stale_temporaries  # here: the suite also runs against older code
-
-    assert remove_stale_temporaries(run) and not temporaries(run)
 
 
 # ---------------------------------------------------------------- a checkpoint for other classes or auxiliaries
@@ -187,11 +184,14 @@ def _training_config(root: Path) -> dict:
     }
 
 
-def test_sigkill_during_training_then_resume_is_bit_identical_on_cpu(tmp_path: Path) -> None:
-    cfg = _training_config(tmp_path)
-    config_file = tmp_path / "config.yaml"
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory) -> dict:
+    """A training run SIGKILLed after its first checkpoint and resumed, and the same run uninterrupted."""
+    root = tmp_path_factory.mktemp("killed")
+    cfg = _training_config(root)
+    config_file = root / "config.yaml"
     config_file.write_text(yaml.safe_dump(cfg))
-    run = tmp_path / "runs" / "killed"
+    run = root / "runs" / "killed"
     proc = subprocess.Popen(segfuse_cmd("train", "--config", str(config_file), "--no-progress"), env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -200,13 +200,23 @@ def test_sigkill_during_training_then_resume_is_bit_identical_on_cpu(tmp_path: P
     finally:
         proc.wait()
     killed_at = load_checkpoint(run / "checkpoint_last.pt")["iteration"]
-    assert 0 < killed_at < 12
-    (run / ".tmp-999999999-0123456789ab-checkpoint_last.pt").write_bytes(b"half a checkpoint")
     resumed = train(run_dir=run, resume=True, progress=False)
-    assert resumed.iteration == 12 and not temporaries(run)
-
     reference = train(config_from_dict({**cfg, "experiment": {**cfg["experiment"], "name": "whole"}}),
                       progress=False)
-    a = load_checkpoint(run / "checkpoint_last.pt")["model"]
-    b = load_checkpoint(reference.run_dir / "checkpoint_last.pt")["model"]
+    return {"run": run, "killed_at": killed_at, "resumed": resumed, "reference": reference}
+
+
+def test_sigkill_during_training_then_resume_is_bit_identical_on_cpu(killed_run: dict) -> None:
+    assert 0 < killed_run["killed_at"] < 12  # killed in the middle
+    assert killed_run["resumed"].iteration == 12
+    a = load_checkpoint(killed_run["run"] / "checkpoint_last.pt")["model"]
+    b = load_checkpoint(killed_run["reference"].run_dir / "checkpoint_last.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_train_resume_removes_a_checkpoint_temporary_left_by_a_kill(killed_run: dict) -> None:
+    run = killed_run["reference"].run_dir
+    leftover = run / ".tmp-999999999-0123456789ab-checkpoint_last.pt"  # no process has this id
+    leftover.write_bytes(b"half a checkpoint")
+    assert train(run_dir=run, resume=True, progress=False).iteration == 12  # finished: nothing more to do
+    assert not temporaries(run)

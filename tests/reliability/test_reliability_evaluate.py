@@ -136,12 +136,12 @@ def test_grid_mismatch_is_refused(tmp_path: Path, capsys) -> None:
     moved = AFFINE.copy()
     moved[0, 3] += 3.0
     _save(pred / "c0.nii.gz", _label(0), moved)
-    assert _evaluate(pred, ref, tmp_path / "eval", "--labels", str(_dataset_json(tmp_path))) == 2
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(tmp_path / "eval")]) == 2
     assert "not on the same grid" in capsys.readouterr().err
 
 
 def test_missing_prediction_is_refused_listing_the_case(tmp_path: Path, capsys) -> None:
     pred, ref = _folders(tmp_path, 2)
     (pred / "c1.nii.gz").unlink()
-    assert _evaluate(pred, ref, tmp_path / "eval", "--labels", str(_dataset_json(tmp_path))) == 2
+    assert main(["evaluate", "--pred", str(pred), "--ref", str(ref), "--out", str(tmp_path / "eval")]) == 2
     assert "have no prediction: c1" in capsys.readouterr().err

@@ -224,7 +224,7 @@ def test_truncated_files(valid: Path, tmp_path: Path) -> None:
     _refused(cut)
     plain = tmp_path / "cut.nii"
     plain.write_bytes(gz_payload(valid)[:2000])
-    _refused(plain, "smaller than its header claims")
+    _refused(plain)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
