@@ -13,8 +13,11 @@ import yaml
 from reliability_helpers import AFFINE
 
 from segfuse.cli import main
+from segfuse.evaluation.evaluate import evaluate
+from segfuse.io.errors import SegfuseInputError
 
 SHAPE = (12, 10, 8)
+LABELS = {1: "Anterior", 2: "Posterior"}
 
 
 def _label(seed: int = 0) -> np.ndarray:
@@ -52,37 +55,40 @@ def _evaluate(pred: Path, ref: Path, out: Path, *extra: str) -> int:
 # ---------------------------------------------------------------- failure 11: undeclared labels
 
 
-def test_a_stray_label_in_a_reference_is_an_error_naming_that_file(tmp_path: Path, capsys) -> None:
+def test_a_stray_label_in_a_reference_is_an_error_naming_that_file(tmp_path: Path) -> None:
     pred, ref = _folders(tmp_path)
     stray = _label(1)
     stray[0, 0, 0] = 7
     _save(ref / "c1.nii.gz", stray)
-    assert _evaluate(pred, ref, tmp_path / "eval", "--labels", str(_dataset_json(tmp_path))) == 2
-    err = capsys.readouterr().err
-    assert str(ref / "c1.nii.gz") in err and "[7]" in err and str(pred / "c1.nii.gz") not in err
+    with pytest.raises(SegfuseInputError) as info:
+        evaluate(pred, ref, tmp_path / "eval", labels=LABELS, progress=False)
+    assert str(ref / "c1.nii.gz") in str(info.value) and "[7]" in str(info.value)
+    assert str(pred / "c1.nii.gz") not in str(info.value)
     assert not (tmp_path / "eval" / "summary.json").exists()
 
 
-def test_a_reference_with_only_undeclared_values_blames_the_reference(tmp_path: Path, capsys) -> None:
+def test_a_reference_with_only_undeclared_values_blames_the_reference(tmp_path: Path) -> None:
     pred, ref = _folders(tmp_path, 1)
     only = (_label(0) > 0).astype(np.uint8) * 7
     _save(ref / "c0.nii.gz", only)
     _save(pred / "c0.nii.gz", only)  # a "perfect" prediction of the stray value
-    assert _evaluate(pred, ref, tmp_path / "eval", "--labels", str(_dataset_json(tmp_path))) == 2
-    err = capsys.readouterr().err
-    assert f"{ref / 'c0.nii.gz'}: reference" in err and f"{pred / 'c0.nii.gz'}:" not in err
+    with pytest.raises(SegfuseInputError) as info:
+        evaluate(pred, ref, tmp_path / "eval", labels=LABELS, progress=False)
+    assert str(info.value).startswith(f"{ref / 'c0.nii.gz'}: reference")
 
 
-def test_labels_recorded_by_predict_are_the_default_label_set(tmp_path: Path, capsys) -> None:
+def test_labels_recorded_by_predict_are_the_default_label_set(tmp_path: Path) -> None:
+    """The issue's probe: a stray 7 became a class label_7 and a perfect prediction scored 0.667."""
     pred, ref = _folders(tmp_path)
     (pred / "predictions.json").write_text(json.dumps({"labels": {"0": "background", "1": "core", "2": "rim"}}))
     stray = _label(0)
     stray[0, 0, 0] = 7
     _save(ref / "c0.nii.gz", stray)
-    assert _evaluate(pred, ref, tmp_path / "eval") == 2
-    assert str(ref / "c0.nii.gz") in capsys.readouterr().err
+    with pytest.raises(SegfuseInputError, match="declared") as info:
+        evaluate(pred, ref, tmp_path / "eval", progress=False)
+    assert str(ref / "c0.nii.gz") in str(info.value)
     _save(ref / "c0.nii.gz", _label(0))
-    assert _evaluate(pred, ref, tmp_path / "eval") == 0
+    evaluate(pred, ref, tmp_path / "eval", progress=False)
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert list(summary["classes"]) == ["core", "rim"] and summary["mean_dice"] == 1.0
 
