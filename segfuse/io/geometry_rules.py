@@ -24,7 +24,6 @@ that segfuse did not use, is written with code 0.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,7 +41,9 @@ logger = logging.getLogger(__name__)
 #: ``strict``: refuse disagreeing qform/sform; ``sform``/``qform``: use that one.
 GEOMETRY_RULES = ("strict", "sform", "qform")
 
-_RULE: contextvars.ContextVar[str] = contextvars.ContextVar("segfuse_geometry_rule", default="strict")
+# Process-wide, not a ContextVar: images may be read in worker threads, which would
+# not inherit a context variable set by the CLI.
+_RULE = ["strict"]
 
 # qform and sform agree when every corner of the voxel grid maps within this
 # fraction of the smallest voxel size (float32 rounding is ~1e-5 of that).
@@ -51,12 +52,12 @@ _AGREEMENT = 0.01
 
 def current_geometry_rule() -> str:
     """The rule in force: ``"strict"`` unless inside :func:`geometry_rule`."""
-    return _RULE.get()
+    return _RULE[0]
 
 
 @contextlib.contextmanager
 def geometry_rule(rule: str | None) -> Iterator[None]:
-    """Use ``rule`` (one of :data:`GEOMETRY_RULES`) for every image read inside the block.
+    """Use ``rule`` (one of :data:`GEOMETRY_RULES`) for every image read inside the block, in any thread.
 
     Example:
         >>> with geometry_rule("sform"):  # doctest: +SKIP
@@ -65,11 +66,11 @@ def geometry_rule(rule: str | None) -> Iterator[None]:
     rule = rule or "strict"
     if rule not in GEOMETRY_RULES:
         raise SegfuseInputError(f"geometry rule must be one of {', '.join(GEOMETRY_RULES)}, got {rule!r}")
-    token = _RULE.set(rule)
+    previous, _RULE[0] = _RULE[0], rule
     try:
         yield
     finally:
-        _RULE.reset(token)
+        _RULE[0] = previous
 
 
 def _corners(shape: tuple[int, ...]) -> np.ndarray:
@@ -136,8 +137,11 @@ def trusted_nifti_geometry(
         return affine, _output_header(image, 0, 0)
     if qcode == 0 or scode == 0:
         return np.asarray(image.affine, dtype=np.float64), _output_header(image, qcode, scode)
-    qform = np.asarray(raw.get_qform(), dtype=np.float64)
-    sform = np.asarray(raw.get_sform(), dtype=np.float64)
+    try:
+        qform = np.asarray(raw.get_qform(), dtype=np.float64)
+        sform = np.asarray(raw.get_sform(), dtype=np.float64)
+    except (ValueError, ArithmeticError) as err:  # e.g. quaternion parameters beyond a unit rotation
+        raise SegfuseInputError(f"{path}: invalid qform or sform in the header: {err}") from err
     corners = _corners(tuple(int(d) for d in raw["dim"][1 : _spatial_ndim(raw) + 1]))
     distance = float(np.max(np.linalg.norm((qform @ corners - sform @ corners)[:3], axis=0)))
     voxel = float(np.min(np.sqrt((sform[:3, :3] ** 2).sum(axis=0))))
