@@ -8,7 +8,10 @@ Each verb is two small functions and one entry in :data:`VERBS`:
 
 Errors in the user's input (:class:`segfuse.io.errors.SegfuseInputError`, or any
 ``ValueError`` raised while checking inputs) are printed as one line,
-``segfuse: error: <message>``, with exit code 2 and no traceback.
+``segfuse: error: <message>``, with exit code 2 and no traceback; a file that
+cannot be written (disk full: :class:`segfuse.io.errors.SegfuseWriteError` or
+any ``OSError``) likewise, with exit code 1. Every verb takes ``--geometry``
+(see :mod:`segfuse.io.geometry_rules`).
 
 Example:
     >>> main(["evaluate", "--pred", "preds/", "--ref", "labelsTs/", "--out", "eval/"])  # doctest: +SKIP
@@ -30,6 +33,7 @@ __all__ = ["VERBS", "Verb", "build_parser", "main"]
 
 PROG = "segfuse"
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
 
 
 @dataclass(frozen=True)
@@ -149,14 +153,28 @@ def _evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--qc", action="store_true", help="also write QC pictures (qc/<case>.png): prediction, reference, errors"
     )
+    parser.add_argument(
+        "--labels",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the label set: a dataset.json or a run's config.yaml (default: the labels segfuse predict "
+        "recorded in the prediction folder, else the values found in the references)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _evaluate_run(args: argparse.Namespace) -> int:
     from segfuse.data.regions import regions_from_arguments
     from segfuse.evaluation.evaluate import evaluate
+    from segfuse.evaluation.labelset import labels_from_file
 
     regions = regions_from_arguments(args.regions) if args.regions else None
-    result = evaluate(args.pred, args.ref, args.out, regions=regions, tolerance_mm=args.tolerance_mm, qc=args.qc)
+    labels = labels_from_file(args.labels) if args.labels is not None else None
+    result = evaluate(
+        args.pred, args.ref, args.out, labels=labels, regions=regions, tolerance_mm=args.tolerance_mm, qc=args.qc,
+        progress=not args.no_progress,
+    )
     print(result.table())
     print(f"wrote {result.out_dir / 'per_case.csv'}, summary.json and dice_boxplot.png")
     return 0
@@ -535,6 +553,13 @@ def build_parser() -> argparse.ArgumentParser:
     for name, verb in VERBS.items():
         verb_parser = sub.add_parser(name, help=verb.help, description=verb.help)
         verb.add_arguments(verb_parser)
+        verb_parser.add_argument(
+            "--geometry",
+            choices=("strict", "sform", "qform"),
+            default="strict",
+            help="NIfTI files whose qform and sform disagree: refuse them (strict, default) or use the "
+            "sform / the qform (docs/reliability.md)",
+        )
         verb_parser.set_defaults(run=verb.run)
     return parser
 
@@ -551,10 +576,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return int(args.run(args))
+        from segfuse.io.geometry_rules import geometry_rule
+
+        with geometry_rule(getattr(args, "geometry", "strict")):
+            return int(args.run(args))
     except ValueError as err:  # SegfuseInputError included: bad input, not a bug in segfuse
         print(f"{PROG}: error: {_one_line(str(err))}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:  # SegfuseWriteError included: disk full, permissions
+        print(f"{PROG}: error: {_one_line(str(err))}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130

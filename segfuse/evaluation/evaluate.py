@@ -1,7 +1,7 @@
 """Evaluate predicted label images against references: CSV, JSON summary, box plot.
 
 Inputs are either two folders of label images (``.nii``, ``.nii.gz``, ``.nrrd``,
-``.mha``; a case is the file name without its extension) or a CSV manifest with
+``.nhdr``, ``.mha``, ``.mhd``; a case is the file name without its extension) or a CSV manifest with
 columns ``case_id,pred,ref`` whose relative paths are resolved from the
 manifest's folder.
 
@@ -14,8 +14,12 @@ Rules:
 - Prediction and reference must share the grid (shape and affine), else an
   error names the case, both shapes and both affines.
 - Label values found in any image must be 0 (background) or listed in
-  ``labels``. By default ``labels`` is every non-zero value found in the
-  references, named ``label_<v>``.
+  ``labels``; an undeclared value is an error naming the file that holds it
+  (references are checked before predictions). ``labels`` comes from the
+  caller (``--labels dataset.json|run/config.yaml``), else from the
+  ``predictions.json`` that ``segfuse predict`` wrote beside the predictions,
+  else it is every non-zero value found in the references, named
+  ``label_<v>``, with a warning (:mod:`segfuse.evaluation.labelset`).
 - With ``regions`` (name → label values, e.g. BraTS whole tumour ``1, 2, 4``)
   each region is scored instead of each label: a row per case and region, whose
   ``label`` column holds the region's values joined by ``+`` (``1+2+4``).
@@ -42,6 +46,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from segfuse.evaluation.labelset import labels_from_predictions
 from segfuse.evaluation.metrics import METRIC_NAMES, case_metrics, region_case_metrics, region_key
 from segfuse.io.atomic import atomic_write, atomic_write_text
 from segfuse.io.errors import SegfuseInputError
@@ -51,7 +56,7 @@ from segfuse.io.image import Volume, read_image
 __all__ = ["IMAGE_EXTENSIONS", "EvaluationResult", "evaluate"]
 
 #: Label image extensions recognised in folders (longest first for stripping).
-IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".mha")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 #: Columns of ``per_case.csv``, in order.
 CSV_COLUMNS: tuple[str, ...] = (
@@ -406,8 +411,9 @@ def evaluate(
         ref: folder of reference label images; ``None`` when ``pred`` is a manifest.
         out_dir: output folder (created if needed) for ``per_case.csv``,
             ``summary.json`` and ``dice_boxplot.png``.
-        labels: foreground label value -> class name. Default: every non-zero
-            value found in the references, named ``label_<v>``.
+        labels: foreground label value -> class name. Default: the labels in
+            ``pred/predictions.json`` (written by ``segfuse predict``), else every
+            non-zero value found in the references, named ``label_<v>`` (a warning).
         regions: region name → label values (broadest first, as in ``data.regions``):
             score these unions of labels instead of each label. Values outside
             every region (and outside ``labels``, when given) are errors.
@@ -435,6 +441,8 @@ def evaluate(
     for note in notes:
         warnings.warn(note, UserWarning, stacklevel=2)
 
+    if labels is None and (recorded := labels_from_predictions(pred)) is not None:
+        labels = recorded
     if regions is not None:
         from segfuse.data.regions import check_regions
 
@@ -443,8 +451,17 @@ def evaluate(
         declared = member_values | (set(_normalise_labels(labels)) if labels is not None else set())
         allowed = declared | {0}
         label_map = {region_key(values): str(name) for name, values in regions.items()}
+    elif labels is None:
+        label_map = _default_labels(pairs, progress)
+        allowed = set(label_map) | {0}
+        notes.append(
+            f"no label set given: scoring the values found in the references as classes "
+            f"{sorted(label_map)}; pass labels (--labels dataset.json or run/config.yaml) to name the "
+            "classes and to catch stray values"
+        )
+        warnings.warn(notes[-1], UserWarning, stacklevel=2)
     else:
-        label_map = _default_labels(pairs, progress) if labels is None else _normalise_labels(labels)
+        label_map = _normalise_labels(labels)
         allowed = set(label_map) | {0}
     if not label_map:
         raise SegfuseInputError(
@@ -456,16 +473,17 @@ def evaluate(
     for case, pred_path, ref_path in tqdm(
         pairs, desc="evaluate", disable=not progress, unit="case"
     ):
-        p_vol, r_vol = read_image(pred_path), read_image(ref_path)
-        p_arr = _label_array(p_vol, case, "prediction")
+        r_vol, p_vol = read_image(ref_path), read_image(pred_path)
         r_arr = _label_array(r_vol, case, "reference")
+        p_arr = _label_array(p_vol, case, "prediction")
         _check_grid(case, p_vol, r_vol, p_arr, r_arr)
-        for role, arr, path in (("prediction", p_arr, pred_path), ("reference", r_arr, ref_path)):
+        for role, arr, path in (("reference", r_arr, ref_path), ("prediction", p_arr, pred_path)):
             unknown = sorted(int(v) for v in np.unique(arr) if int(v) not in allowed)
             if unknown:
                 raise SegfuseInputError(
                     f"{path}: {role} of case {case!r} has label values {unknown} that are not "
-                    f"in labels {sorted(allowed - {0})} (0 is background); pass labels= to name them"
+                    f"declared in the label set {sorted(allowed - {0})} (0 is background); a stray value in "
+                    "this file, or pass a label set that declares it (--labels)"
                 )
         spacing = tuple(float(s) for s in r_vol.spacing)[: r_arr.ndim]
         if regions is not None:

@@ -66,10 +66,12 @@ from segfuse.data.preprocess import (
     preprocessing_from_config,
     resample,
 )
+from segfuse.inference.dimensions import check_case_dimensions
 from segfuse.inference.engine import predict_prepared
 from segfuse.inference.label_outputs import write_label_map
+from segfuse.inference.paths import case_id_problem, case_inputs, output_collisions, refuse_overwriting_inputs
 from segfuse.inference.pipeline import prepare_ahead, run_pipelined, run_sequential
-from segfuse.io.atomic import atomic_write_text, file_sha256
+from segfuse.io.atomic import atomic_write_text, file_sha256, remove_stale_temporaries
 from segfuse.io.checkpoint import load_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.image import smallest_label_dtype, write_image
@@ -310,6 +312,30 @@ def _default_sidecar(out_path: Path, tail: str) -> Path:
     return out_path.with_name(name + tail)
 
 
+def _probabilities_path(out_path: Path, save_probabilities: bool | str | Path) -> Path | None:
+    if not save_probabilities:
+        return None
+    if save_probabilities is True:
+        return _default_sidecar(out_path, "_probabilities.nii.gz")
+    return Path(save_probabilities)
+
+
+def _primary_channels(model: LoadedModel) -> int | None:
+    """Channels the network's primary input takes (a 2D model's input also holds context slices)."""
+    in_channels = getattr(getattr(model.net, "cfg", None), "in_channels", None)
+    if in_channels is None:
+        return None
+    if model.cfg.spatial_dims == 2:
+        return int(in_channels) // (2 * model.cfg.model.context_slices + 1)
+    return int(in_channels)
+
+
+def _refuse_before_work(model: LoadedModel, case: Case, outputs: Sequence[Path]) -> None:
+    """Outputs that would replace an input, and scans of the wrong dimensions, are refused first."""
+    refuse_overwriting_inputs(outputs, case, model.checkpoint)
+    check_case_dimensions(case, spatial_dims=model.cfg.spatial_dims, primary_channels=_primary_channels(model))
+
+
 def predict_case(
     state_or_model: str | Path | Mapping[str, Any] | LoadedModel,
     case: Case,
@@ -364,6 +390,8 @@ def predict_case(
         qc_path = _default_sidecar(out_path, "_qc.png")
     elif qc_path is False:
         qc_path = None
+    prob_path = _probabilities_path(out_path, save_probabilities)
+    _refuse_before_work(model, case, [p for p in (out_path, prob_path, qc_path) if p is not None])
     case, missing = _check_aux(model, case, set(drop_aux))
     axes = _mirror_axes(model.cfg, mirror)
 
@@ -381,13 +409,6 @@ def predict_case(
     source = prepared.source
     labels = _labels_from(probs, model.label_values, regions).reshape(source.shape)
 
-    prob_path = None
-    if save_probabilities:
-        prob_path = (
-            _default_sidecar(out_path, "_probabilities.nii.gz")
-            if save_probabilities is True
-            else Path(save_probabilities)
-        )
     written: list[Path] = []
     try:
         write_label_map(labels, source, out_path, model.cfg)  # .seg.nrrd: a Slicer segmentation
@@ -460,6 +481,7 @@ class BatchResult:
         succeeded: results of the cases predicted in this run.
         skipped: case ids skipped by ``resume`` (outputs present with matching hashes).
         failed: case id → error message.
+        errors: problems not tied to one case (``predictions.json`` not written).
     """
 
     out_dir: Path
@@ -467,19 +489,21 @@ class BatchResult:
     succeeded: list[PredictionResult] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        """No case failed."""
-        return not self.failed
+        """No case failed and every file was written."""
+        return not self.failed and not self.errors
 
     def summary(self) -> str:
-        """One line of counts, then one line per failed case."""
+        """One line of counts, then one line per failed case and per other error."""
         lines = [
             f"{len(self.succeeded)} predicted, {len(self.skipped)} skipped (resume), "
             f"{len(self.failed)} failed; outputs in {self.out_dir}"
         ]
         lines += [f"FAILED {case}: {message}" for case, message in self.failed.items()]
+        lines += [f"ERROR: {message}" for message in self.errors]
         return "\n".join(lines)
 
 
@@ -529,6 +553,34 @@ def _finished(entry: Any, out_dir: Path, wanted: Collection[str]) -> bool:
         if not path.is_file() or file_sha256(path) != record.get("sha256"):
             return False
     return True
+
+
+def _refused_cases(cases: Sequence[Case], out_dir: Path, checkpoint: Path | None, probabilities: bool, qc: bool
+                   ) -> dict[str, str]:
+    """Case id → reason, for cases whose outputs would land outside ``out_dir`` or on an input."""
+    refused = {c.case_id: problem for c in cases if (problem := case_id_problem(c.case_id)) is not None}
+    outputs = {
+        c.case_id: [out_dir / f"{c.case_id}.nii.gz"]
+        + ([out_dir / "probabilities" / f"{c.case_id}.nii.gz"] if probabilities else [])
+        + ([out_dir / "qc" / f"{c.case_id}.png"] if qc else [])
+        for c in cases
+        if c.case_id not in refused
+    }
+    inputs = [p for c in cases for p in case_inputs(c)] + ([checkpoint] if checkpoint is not None else [])
+    for case_id, clashes in output_collisions(outputs, inputs).items():
+        refused[case_id] = f"output {'; '.join(clashes)}: writing it would replace an input"
+    return refused
+
+
+def _write_manifest(path: Path, record: dict[str, Any], result: BatchResult) -> None:
+    """Write ``predictions.json``; a failure (disk full) is recorded once, not raised."""
+    try:
+        atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    except OSError as exc:
+        message = " ".join(str(exc).split())
+        if message not in result.errors:
+            logger.error("%s", message)
+            result.errors.append(message)
 
 
 def predict(
@@ -583,12 +635,17 @@ def predict(
     if duplicates:
         raise SegfuseInputError(f"case ids must be unique to name the outputs; repeated: {duplicates}")
     out_dir = Path(out_dir)
+    refused = _refused_cases(cases, out_dir, model.checkpoint, save_probabilities, qc)
     out_dir.mkdir(parents=True, exist_ok=True)
     if save_probabilities:
         (out_dir / "probabilities").mkdir(exist_ok=True)
     if qc:
         (out_dir / "qc").mkdir(exist_ok=True)
     manifest_path = out_dir / MANIFEST_NAME
+    if resume:  # temporary files of killed runs (never those of a live process)
+        for folder in (out_dir, out_dir / "probabilities", out_dir / "qc"):
+            for stale in remove_stale_temporaries(folder):
+                logger.info("removed %s, left by an interrupted run", stale)
     checkpoint_sha = model.checkpoint_sha256()
     previous = _read_manifest(manifest_path) if resume else {}
     if previous and previous.get("checkpoint_sha256") != checkpoint_sha:
@@ -599,14 +656,20 @@ def predict(
         "checkpoint": None if model.checkpoint is None else str(model.checkpoint),
         "checkpoint_sha256": checkpoint_sha,
         "checkpoints": [str(p) for p in model.checkpoints],
+        "labels": {str(v): str(n) for v, n in sorted(model.cfg.data.labels.items())},
         "cases": dict(previous.get("cases", {})) if resume else {},
     }
     wanted = ["label"] + (["probabilities"] if save_probabilities else []) + (["qc"] if qc else [])
     result = BatchResult(out_dir=out_dir, manifest_path=manifest_path)
+    for case_id, reason in refused.items():  # listed with the failures; never touched
+        logger.error("case %s refused: %s", case_id, reason)
+        result.failed[case_id] = reason
 
     prob_dir, qc_dir = out_dir / "probabilities", out_dir / "qc"
     todo = []
     for case in cases:
+        if case.case_id in refused:
+            continue
         if resume and _finished(record["cases"].get(case.case_id), out_dir, wanted):
             result.skipped.append(case.case_id)
             continue
@@ -632,7 +695,7 @@ def predict(
     else:
         outcomes = run_sequential(todo, run)
     bar = tqdm(outcomes, desc="predict", unit="case", total=len(cases), disable=not progress)
-    bar.update(len(result.skipped))
+    bar.update(len(result.skipped) + len(refused))
     for case, done in bar:
         if isinstance(done, Exception):  # one bad case must not stop the others
             message = " ".join(str(done).split()) or type(done).__name__
@@ -656,8 +719,8 @@ def predict(
         gc.collect()
         if model.device.type == "cuda" and workers == 0:  # beside a running case it would stall the device
             torch.cuda.empty_cache()
-        atomic_write_text(manifest_path, json.dumps(record, indent=2) + "\n")
-    atomic_write_text(manifest_path, json.dumps(record, indent=2) + "\n")
+        _write_manifest(manifest_path, record, result)
+    _write_manifest(manifest_path, record, result)
     if result.failed:
         logger.error("prediction failed for %d of %d cases: %s", len(result.failed), len(cases), sorted(result.failed))
     return result

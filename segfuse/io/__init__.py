@@ -10,7 +10,7 @@ from segfuse.io.atomic import (
     atomic_write_text,
     file_sha256,
 )
-from segfuse.io.errors import SegfuseInputError
+from segfuse.io.errors import SegfuseInputError, SegfuseWriteError
 from segfuse.io.geometry import (
     aux_grid,
     axcodes,
@@ -33,6 +33,7 @@ __all__ = [
     "READ_SUFFIXES",
     "WRITE_SUFFIXES",
     "SegfuseInputError",
+    "SegfuseWriteError",
     "Volume",
     "atomic_output_path",
     "atomic_torch_save",

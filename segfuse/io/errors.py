@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SegfuseInputError"]
+__all__ = ["SegfuseInputError", "SegfuseWriteError"]
 
 
 class SegfuseInputError(ValueError):
@@ -12,3 +12,16 @@ class SegfuseInputError(ValueError):
     received), e.g. ``"scan.nii.gz: contains 12 NaN/Inf voxels"``. The CLI prints
     it as one line and exits with code 2.
     """
+
+
+class SegfuseWriteError(OSError):
+    """An output file could not be written (disk full, no permission): the message names it.
+
+    Raised by :mod:`segfuse.io.atomic` in place of the bare ``OSError``, whose
+    message often names only a temporary file or nothing at all. The target is
+    left as it was and no temporary file remains. The CLI prints it as one line
+    and exits with code 1.
+    """
+
+    def __str__(self) -> str:
+        return str(self.strerror)  # "out/seg.nii.gz: cannot write it (No space left on device); ..."

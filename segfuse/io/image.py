@@ -1,8 +1,12 @@
 """Reading and writing images as :class:`Volume` (array + RAS affine + source header).
 
-Readers: nibabel for NIfTI (the whole data stream is decoded, so a truncated
-``.nii.gz`` fails here rather than deep inside training); SimpleITK for NRRD,
-MetaImage and DICOM series folders, with LPS converted to RAS. Writers put an
+Readers: nibabel for NIfTI; SimpleITK for NRRD, MetaImage and DICOM series
+folders, with LPS converted to RAS. Before either reader runs, the header is
+checked (datatype, dimensions, a promised size the file can hold and memory can
+take) and the whole data stream is decoded once with its checksums verified
+(:mod:`segfuse.io.verify`), so a damaged or truncated file fails here rather
+than giving garbage voxels. NIfTI geometry follows :mod:`segfuse.io.geometry_rules`;
+values must be finite and fit the float32 segfuse computes in. Writers put an
 array back on a reference volume's exact grid, atomically.
 """
 
@@ -18,10 +22,14 @@ import nibabel as nib
 import numpy as np
 import SimpleITK as sitk  # noqa: N813  (the name every SimpleITK user knows)
 from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 
 from segfuse.io.atomic import atomic_output_path
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.geometry import describe_affine, spacing_from_affine
+from segfuse.io.geometry_rules import check_voxel_sizes, trusted_nifti_geometry
+from segfuse.io.headers import nifti_layout, read_layout, read_nifti_header
+from segfuse.io.verify import verify_data
 
 __all__ = [
     "NIFTI_SUFFIXES",
@@ -30,6 +38,7 @@ __all__ = [
     "Volume",
     "read_image",
     "smallest_label_dtype",
+    "source_format_of",
     "write_image",
 ]
 
@@ -44,7 +53,8 @@ WRITE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".mha")
 _FLIP_LPS = np.diag([-1.0, -1.0, 1.0])
 
 # Errors nibabel/gzip raise on corrupt or truncated files (BadGzipFile is an OSError).
-_NIFTI_READ_ERRORS = (zlib.error, EOFError, OSError, ValueError, ImageFileError)
+_NIFTI_READ_ERRORS = (zlib.error, EOFError, OSError, ValueError, ImageFileError, HeaderDataError)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass
@@ -128,6 +138,32 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
+def source_format_of(path: str | os.PathLike[str]) -> str | None:
+    """``"nifti"``, ``"nrrd"`` or ``"metaimage"`` from a file name's extension, else ``None``.
+
+    Example:
+        >>> source_format_of("scan.nii.gz"), source_format_of("scan.mhd")
+        ('nifti', 'metaimage')
+    """
+    suffix = _suffix(Path(path))
+    if suffix in NIFTI_SUFFIXES:
+        return "nifti"
+    return _SITK_FORMATS.get(suffix)
+
+
+def _check_values_fit_float32(path: Path, array: np.ndarray) -> None:
+    """Finite stored values must stay finite in float32, the dtype segfuse computes in."""
+    if not np.issubdtype(array.dtype, np.floating) or array.dtype.itemsize <= 4 or array.size == 0:
+        return
+    low, high = float(array.min()), float(array.max())
+    if max(abs(low), abs(high)) > _FLOAT32_MAX:
+        raise SegfuseInputError(
+            f"{path}: intensities range from {low:.4g} to {high:.4g}, beyond float32 (largest "
+            f"{_FLOAT32_MAX:.4g}) in which segfuse computes; they would become infinite. Check the "
+            "header's intensity scaling (scl_slope/scl_inter) or rescale the image"
+        )
+
+
 def _check_geometry_and_values(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise SegfuseInputError(
@@ -142,13 +178,19 @@ def _check_geometry_and_values(path: Path, array: np.ndarray, affine: np.ndarray
                 f"{path}: contains {bad} non-finite voxels ({n_nan} NaN, {bad - n_nan} Inf) "
                 f"out of {array.size}; expected all values finite"
             )
+        _check_values_fit_float32(path, array)
 
 
 def _read_nifti(path: Path) -> Volume:
+    raw_header = read_nifti_header(path)
+    check_voxel_sizes(path, raw_header)  # before nibabel "repairs" them on load
+    # Before nibabel allocates anything: a known datatype, a size the file can hold,
+    # and the whole stream decoded once with its CRC checked (nibabel stops early).
+    verify_data(nifti_layout(path, raw_header))
     try:
         img = nib.load(str(path))
-        # Decode the whole stream now: a truncated gzip only fails when read to the end.
-        array = np.asanyarray(img.dataobj)
+        with np.errstate(all="ignore"):  # overflow in scl_slope scaling is reported below, by file
+            array = np.asanyarray(img.dataobj)
     except _NIFTI_READ_ERRORS as err:
         raise SegfuseInputError(
             f"{path}: cannot read NIfTI data (corrupted or truncated file?): {err}"
@@ -164,10 +206,7 @@ def _read_nifti(path: Path) -> Volume:
             f"{path}: unsupported data shape {array.shape}; expected (X, Y), (X, Y, Z) "
             "or (X, Y, Z, C)"
         )
-    header = img.header.copy()
-    if not isinstance(header, nib.Nifti1Header):  # NIfTI-2 -> keep the geometry as NIfTI-1
-        header = nib.Nifti1Header.from_header(header)
-    affine = np.asarray(img.affine, dtype=np.float64)
+    affine, header = trusted_nifti_geometry(path, raw_header, img)
     return Volume(np.asarray(array), affine, path, header, "nifti")
 
 
@@ -206,6 +245,9 @@ def _sitk_to_volume(image: sitk.Image, path: Path, source_format: str) -> Volume
 
 
 def _read_sitk(path: Path, source_format: str) -> Volume:
+    layout = read_layout(path, source_format)
+    if layout is not None:  # ITK decodes damaged zlib/gzip data without complaint: verify first
+        verify_data(layout)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as err:
@@ -213,6 +255,11 @@ def _read_sitk(path: Path, source_format: str) -> Volume:
         raise SegfuseInputError(
             f"{path}: cannot read {source_format} image (corrupted or truncated file?): {message}"
         ) from err
+    spacing = tuple(float(s) for s in image.GetSpacing())
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise SegfuseInputError(
+            f"{path}: voxel sizes {spacing} include zero, negative or non-finite values; fix the header"
+        )
     return _sitk_to_volume(image, path, source_format)
 
 
@@ -255,8 +302,11 @@ def read_image(path: str | os.PathLike[str]) -> Volume:
 
     Raises:
         SegfuseInputError: missing path, unsupported extension, corrupt or
-            truncated data, several or no DICOM series in a folder, NaN/Inf
-            voxels, or a singular affine. The message names the path.
+            truncated data (checksums and lengths are verified), a header that
+            promises more data than the file holds or memory takes, an unknown
+            datatype, untrustworthy geometry (see :mod:`segfuse.io.geometry_rules`),
+            several or no DICOM series in a folder, NaN/Inf voxels or values beyond
+            float32, or a singular affine. The message names the path.
 
     Example:
         >>> vol = read_image("case_001/t1.nii.gz")  # doctest: +SKIP
@@ -301,7 +351,8 @@ def _nifti_header_for(reference: Volume, dtype: np.dtype) -> nib.Nifti1Header:
         header = reference.header.copy()
         qcode = int(header["qform_code"])
         scode = int(header["sform_code"])
-        if qcode == 0 and scode == 0:  # no stored orientation: record the affine we trust
+        # No stored orientation: claim none either, unless the affine came from elsewhere.
+        if qcode == 0 and scode == 0 and not np.allclose(header.get_base_affine(), affine, atol=1e-5):
             qcode = scode = 1
     else:
         header = nib.Nifti1Header()

@@ -52,5 +52,37 @@ def model_from_checkpoint(state: dict, device: str = "cpu"):
     cfg = config_from_dict(state["config"])
     cfg.model.encoder_weights = None  # the checkpoint's weights replace any pretrained file
     net = build_model(cfg, in_channels=int(state.get("in_channels", 1)))
-    net.load_state_dict(state["model"])
+    load_weights(net, state["model"], cfg, state.get("path", "checkpoint"))
     return cfg, net.to(device).eval()
+
+
+def load_weights(net: FusionUNet, weights: dict, cfg, source: str) -> None:
+    """``net.load_state_dict(weights)``, or an error naming ``source`` and what does not fit.
+
+    A checkpoint whose weights were trained for other classes or other auxiliaries
+    than its config describes (an edited or mixed-up file) is refused with the
+    differing tensors listed, instead of torch's multi-line traceback.
+    """
+    from segfuse.io.errors import SegfuseInputError
+
+    own = net.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = [
+        f"{k}: checkpoint {tuple(weights[k].shape)} vs network {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(weights))
+        if tuple(weights[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or shapes:
+        parts = [
+            f"{label} {items[:4]}{' …' if len(items) > 4 else ''}"
+            for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
+            if items
+        ]
+        raise SegfuseInputError(
+            f"{source}: the weights do not fit the network its config describes "
+            f"({max(len(cfg.data.labels), 2)} classes, auxiliaries {list(cfg.data.aux) or 'none'}): "
+            + "; ".join(parts)
+            + ". Was the checkpoint trained for other classes or auxiliaries?"
+        )
+    net.load_state_dict(weights)

@@ -47,6 +47,7 @@ from segfuse.data.sampling import PaddedCase, sample_patch
 from segfuse.data.splits import fold_cases, write_dataset_splits
 from segfuse.data.store import StoredCase
 from segfuse.inference.engine import predict_prepared
+from segfuse.io.atomic import remove_stale_temporaries
 from segfuse.io.checkpoint import load_checkpoint, save_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.models.factory import build_model
@@ -327,6 +328,8 @@ def train(
     if resume:
         if run_dir is None:
             raise SegfuseInputError("resume needs the run folder (segfuse train --resume RUN_DIR)")
+        for stale in remove_stale_temporaries(run_dir):  # a checkpoint write cut short by a kill
+            log.info("removed %s, left by an interrupted run", stale)
         state = load_checkpoint(Path(run_dir) / "checkpoint_last.pt")
         cfg = config_from_dict(state["config"])
     if cfg is None:
