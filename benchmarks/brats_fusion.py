@@ -27,6 +27,8 @@ auxiliary settings — mapper, fusion, features, levels — applied to every aux
 - ``segfuse_dropout``: the same with modality dropout (the config's, drawn
   independently per auxiliary), evaluated with every auxiliary present, each absent
   and all absent (``segfuse ablate``);
+- on request (``--variants``), the design space of issue 12 part 2: ``segfuse_add`` and
+  ``segfuse_gated`` (``segfuse`` with add or gated fusion instead of the config's);
 - task B only, ``segfuse_no_<aux>``: ``segfuse`` trained without that auxiliary (the
   reference of goal 3 for one auxiliary absent).
 
@@ -118,9 +120,13 @@ TASKS = {
 }
 
 
+# design-space variants (issue 12 part 2), run on request with --variants: segfuse with another fusion
+DESIGN_VARIANTS = ("segfuse_add", "segfuse_gated")
+
+
 def variants_of(task: Task) -> tuple[str, ...]:
     extra = tuple(f"segfuse_no_{a}" for a in task.aux) if len(task.aux) > 1 else ()
-    return VARIANTS + extra
+    return VARIANTS + extra + DESIGN_VARIANTS
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -269,6 +275,8 @@ def run_config(job: dict[str, Any]) -> Any:
             spec = copy.deepcopy(default_aux)
             spec["scale"] = list(job["scale"])
             spec["dropout"] = (spec.get("dropout") or 0.3) if variant == "segfuse_dropout" else 0.0
+            if variant in DESIGN_VARIANTS:
+                spec["fusion"] = variant.removeprefix("segfuse_")
             data["aux"][f"{name}_{tag}"] = spec
     data["val_cases"] = list(job["val_cases"])
     training = tree["training"]
@@ -680,7 +688,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         variants = args.variants or (KEY_VARIANTS if args.gpu else
                                      ("primary_only", "early_lowres", "segfuse_dropout") if args.quick
-                                     else variants_of(task))
+                                     else tuple(v for v in variants_of(task) if v not in DESIGN_VARIANTS))
         unknown = sorted(set(variants) - set(variants_of(task)))
         if unknown:
             print(f"task {key} has no variants {unknown}; it has {list(variants_of(task))}", file=sys.stderr)
