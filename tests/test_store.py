@@ -225,7 +225,7 @@ def test_a_worker_killed_mid_case_leaves_no_half_case_and_the_build_resumes(tmp_
     cases_dir = store_path(cfg) / "cases"
     proc = subprocess.Popen(_preprocess_command(config, workers=2), env=_env(), cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 600  # generous: a loaded machine starts workers slowly
     killed = []
     while time.monotonic() < deadline and proc.poll() is None and not killed:
         # kill the workers once a case is half-written (its temporary folder exists) and one is done
@@ -273,7 +273,7 @@ def test_two_processes_building_one_store_prepare_each_case_once(manifest, tmp_p
         fcntl.flock(lock, fcntl.LOCK_EX)  # hold the store until both builders are waiting for it
         procs = [subprocess.Popen(_preprocess_command(config), env=_env(), cwd=tmp_path, stdout=subprocess.PIPE,
                                   stderr=err, text=True) for err in (err0, err1)]
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600  # generous: a loaded machine starts workers slowly
         while time.monotonic() < deadline and not all("waiting" in log.read_text() for log in logs):
             time.sleep(0.05)
         assert all("another process is building this store" in log.read_text() for log in logs)

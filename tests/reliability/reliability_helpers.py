@@ -115,7 +115,7 @@ def env() -> dict[str, str]:
     return out
 
 
-def run_segfuse(*args: str, timeout: float = 120, **kwargs) -> subprocess.CompletedProcess:
+def run_segfuse(*args: str, timeout: float = 600, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(segfuse_cmd(*args), env=env(), capture_output=True, text=True, timeout=timeout, **kwargs)
 
 

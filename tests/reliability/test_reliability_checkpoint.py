@@ -109,7 +109,7 @@ def test_killed_while_writing_a_checkpoint_keeps_the_previous_one_and_never_load
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "first written"
-        assert wait_for(lambda: any(p.stat().st_size > 0 for p in temporaries(run)), timeout=60)
+        assert wait_for(lambda: any(p.stat().st_size > 0 for p in temporaries(run)), timeout=300)
         proc.send_signal(signal.SIGKILL)
     finally:
         proc.wait()
@@ -195,7 +195,7 @@ def killed_run(tmp_path_factory) -> dict:
     proc = subprocess.Popen(segfuse_cmd("train", "--config", str(config_file), "--no-progress"), env=env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        assert wait_for(lambda: (run / "checkpoint_last.pt").exists() or proc.poll() is not None, timeout=180)
+        assert wait_for(lambda: (run / "checkpoint_last.pt").exists() or proc.poll() is not None, timeout=600)
         proc.send_signal(signal.SIGKILL)  # no handler runs: no checkpoint is saved on the way out
     finally:
         proc.wait()
