@@ -188,7 +188,10 @@ def child_train(overrides: list[str], run_dir: str) -> None:
         return batch
 
     BatchPrefetcher.next = timed_next
-    cfg = load_config(CONFIG, overrides)
+    import segfuse
+
+    # the config file of the segfuse being measured (the old commit's knows fewer keys)
+    cfg = load_config(Path(segfuse.__file__).resolve().parents[1] / "configs" / CONFIG.name, overrides)
     result = loop.train(cfg, run_dir=run_dir, progress=False)
     skip = min(2, max(0, len(stamps) - 2))
     steady = (len(stamps) - 1 - skip) / (stamps[-1] - stamps[skip]) if len(stamps) - 1 > skip else float("nan")
