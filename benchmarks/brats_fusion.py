@@ -379,7 +379,7 @@ def step_memory(job: dict[str, Any]) -> dict[str, Any]:
     """Peak memory and time of a training step of the variant's network on its batch (fresh process)."""
     import torch
 
-    from segfuse.models.factory import build_model
+    from segfuse.factory import build_model
     from segfuse.training.losses import build_loss
 
     def rss_mib() -> float:

@@ -345,9 +345,9 @@ def inference(device: torch.device, args: argparse.Namespace, budget: Budget, re
     from monai.inferers import sliding_window_inference
     from monai.networks.nets import FlexibleUNet
 
+    from segfuse import AuxInput, FusionUNet
     from segfuse.inference.engine import _predictor
     from segfuse.inference.windows import sliding_window_multires, window_starts
-    from segfuse.models.net import AuxInput, FusionUNet
 
     amp = device.type == "cuda"
     shape = tuple(args.volume)

@@ -593,8 +593,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from segfuse.factory import build_model
     from segfuse.io.checkpoint import save_checkpoint
-    from segfuse.models.factory import build_model
 
     command = "nice -n 19 " * (os.nice(0) >= 19) + shlex.join([Path(sys.executable).name, *sys.argv])
     shape = QUICK_SHAPE if args.quick else FULL_SHAPE

@@ -97,8 +97,8 @@ def save_model(config: Path, overrides: list[str], path: Path) -> tuple[Path, st
     import torch
 
     from segfuse.config import load_config
+    from segfuse.factory import build_model
     from segfuse.io.checkpoint import save_checkpoint
-    from segfuse.models.factory import build_model
 
     cfg = load_config(config, ["data.primary=t1", "data.labels={0: background, 1: whole_tumour}", *overrides])
     torch.manual_seed(0)

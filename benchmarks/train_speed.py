@@ -62,7 +62,7 @@ def build(method: str, batch: int, patch: tuple[int, int, int], device: str = "c
     from peers_hippocampus import DEEP_SUPERVISION_WEIGHTS, build_peer
 
     from segfuse.config import ModelConfig, load_config
-    from segfuse.models.factory import build_model
+    from segfuse.factory import build_model
     from segfuse.training import loop
 
     cfg = load_config(ROOT / "configs" / "hippocampus_3d.yaml", ["data.labels={0: bg, 1: a, 2: p}"])

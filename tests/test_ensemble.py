@@ -15,12 +15,12 @@ from test_predict import SHAPE, _config, _manifest, _write_case
 
 from segfuse.cli import main
 from segfuse.config import config_from_dict
+from segfuse.factory import build_model
 from segfuse.inference.ensemble import Ensemble, expand_checkpoints
 from segfuse.inference.options import set_inference_options
 from segfuse.inference.predict import case_from_paths, load_model, predict, predict_case
 from segfuse.io.checkpoint import save_checkpoint
 from segfuse.io.errors import SegfuseInputError
-from segfuse.models.factory import build_model
 from segfuse.models.net import FusionUNet
 
 

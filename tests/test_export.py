@@ -11,11 +11,11 @@ import torch
 
 from segfuse.cli import main
 from segfuse.config import config_from_dict
+from segfuse.factory import build_model
 from segfuse.inference.export import EXPORT_FORMATS, METADATA_NAME, export_model
 from segfuse.inference.predict import load_model
 from segfuse.io.checkpoint import save_checkpoint
 from segfuse.io.errors import SegfuseInputError
-from segfuse.models.factory import build_model
 
 pytestmark = [
     pytest.mark.slow,  # each export traces the network (seconds)

@@ -14,11 +14,11 @@ import torch
 import segfuse.io.image
 from segfuse.cli import main
 from segfuse.config import config_from_dict
+from segfuse.factory import build_model
 from segfuse.inference.predict import MANIFEST_NAME, case_from_paths, predict, predict_case
 from segfuse.io.checkpoint import save_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.geometry import aux_grid
-from segfuse.models.factory import build_model
 
 SHAPE = (18, 16, 10)  # not a multiple of the 2x2x4 scale: the aux grid is ceil(SHAPE / scale)
 SCALE = (2, 2, 4)

@@ -14,8 +14,8 @@ from test_training import make_dataset, tiny_config
 
 from segfuse.config import config_from_dict
 from segfuse.data.layouts import read_dataset
+from segfuse.factory import build_model
 from segfuse.inference.predict import load_model, model_from_config, predict_case
-from segfuse.models.factory import build_model
 
 
 def _rss_mib() -> float:

@@ -21,8 +21,8 @@ from segfuse.data.regions import (
     regions_from_arguments,
 )
 from segfuse.evaluation.evaluate import evaluate
+from segfuse.factory import build_model
 from segfuse.io.errors import SegfuseInputError
-from segfuse.models.factory import build_model
 from segfuse.training.losses import ClassLoss, RegionLoss, build_loss, class_indices
 
 

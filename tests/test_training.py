@@ -15,8 +15,8 @@ import pytest
 import torch
 import yaml
 
+from segfuse.auxiliary import lcm_of_scales
 from segfuse.config import config_from_dict, load_config
-from segfuse.data.preprocess import scales_lcm
 from segfuse.io.checkpoint import load_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.geometry import aux_grid
@@ -194,7 +194,7 @@ def test_batches_differ_between_iterations(manifest):
     cfg = config_from_dict(tiny_config(manifest, manifest.parent / "unused"))
     train_cases, _, cfg = loop.load_cases(cfg, progress=False)
     scales = {k: tuple(v.scale) for k, v in cfg.data.aux.items()}
-    margin = loop._margin(cfg, scales_lcm(scales))
+    margin = loop._margin(cfg, lcm_of_scales(scales))
     padded = [c.padded(scales, cfg.training.patch_size, margin) for c in train_cases]
     x0 = loop._batch(padded, cfg, iteration_rng(3, 0, 0), margin, pin=False)[0]
     x1 = loop._batch(padded, cfg, iteration_rng(3, 0, 1), margin, pin=False)[0]

@@ -42,8 +42,8 @@ import numpy as np
 import yaml
 from tqdm import tqdm
 
+from segfuse.auxiliary import AuxInput
 from segfuse.config import (
-    AuxSpec,
     Config,
     DataConfig,
     ExperimentConfig,
@@ -558,7 +558,7 @@ def plan_dataset(
         data=DataConfig(
             dataset=str(root),
             primary=dataset.primary_name,
-            aux={name: AuxSpec(scale=list(aux_scales[name]), norm=norm_for(name)) for name in dataset.aux_names},
+            aux={name: AuxInput(name, scale=aux_scales[name], norm=norm_for(name)) for name in dataset.aux_names},
             labels=dict(declared),
             target_spacing=list(target),
             primary_norm=norm_for(dataset.primary_name),

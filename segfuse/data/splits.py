@@ -31,7 +31,6 @@ from segfuse.io.atomic import atomic_write_text
 from segfuse.io.errors import SegfuseInputError
 
 __all__ = [
-    "DEFAULT_FOLDS",
     "SPLITS_NAME",
     "dataset_fold",
     "fold_cases",
@@ -41,8 +40,6 @@ __all__ = [
     "write_splits",
 ]
 
-#: Folds used when ``--fold`` is given and ``data.folds`` is not set.
-DEFAULT_FOLDS = 5
 #: File name of the splits in a fold's run folder.
 SPLITS_NAME = "splits.json"
 

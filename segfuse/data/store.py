@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -94,14 +93,14 @@ def store_settings(cfg) -> dict[str, Any]:
         "data.dataset": str(Path(d.dataset).resolve()),
         "data.primary": d.primary,
         "data.target_spacing": None if d.target_spacing is None else [float(v) for v in d.target_spacing],
-        "data.primary_norm": dataclasses.asdict(d.primary_norm),
+        "data.primary_norm": d.primary_norm.to_dict(),
         "data.labels": sorted(int(k) for k in d.labels) if d.labels else [0, 1],
         "data.crop_to_nonzero": bool(d.crop_to_nonzero),
         "data.aux": sorted(d.aux),
     }
     for name, spec in sorted(d.aux.items()):
         settings[f"data.aux.{name}.scale"] = [int(s) for s in spec.scale]
-        settings[f"data.aux.{name}.norm"] = dataclasses.asdict(spec.norm)
+        settings[f"data.aux.{name}.norm"] = spec.norm.to_dict()
     return settings
 
 

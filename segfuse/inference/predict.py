@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from segfuse.auxiliary import allows_missing
 from segfuse.config import Config, config_from_dict
 from segfuse.data.layouts import Case, Dataset, ImageRef
 from segfuse.data.prediction_inputs import read_for_prediction
@@ -119,7 +120,7 @@ class LoadedModel:
     @property
     def allow_missing_aux(self) -> bool:
         """Trained with modality dropout: auxiliaries may be absent at inference."""
-        return any(spec.dropout > 0 for spec in self.cfg.data.aux.values())
+        return allows_missing(self.cfg.data.aux)
 
     @property
     def label_values(self) -> list[int]:
@@ -174,7 +175,7 @@ def load_model(
         from segfuse.inference.ensemble import load_ensemble
 
         return load_ensemble(checkpoint, device=device)
-    from segfuse.models.factory import model_from_checkpoint
+    from segfuse.factory import model_from_checkpoint
 
     path = None
     if isinstance(checkpoint, str | Path):
@@ -426,7 +427,7 @@ def predict_case(
                 {n: a[0] for n, a in prepared.aux.items() if a is not None},
                 network_labels,
                 qc_path,
-                scales={n: tuple(s) for n, s in model.preprocessing.aux_scales.items()},
+                scales=dict(model.preprocessing.aux_scales),
                 reference=reference,
             )
             written.append(Path(qc_path))

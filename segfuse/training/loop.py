@@ -40,17 +40,18 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from segfuse.auxiliary import aux_scales, lcm_of_scales
 from segfuse.config import Config, config_from_dict, save_config
 from segfuse.data.layouts import read_dataset, split_cases
-from segfuse.data.preprocess import PreparedCase, scales_lcm
+from segfuse.data.preprocess import PreparedCase
 from segfuse.data.sampling import PaddedCase, sample_patch
 from segfuse.data.splits import fold_cases, write_dataset_splits
 from segfuse.data.store import StoredCase
+from segfuse.factory import build_model
 from segfuse.inference.engine import predict_prepared
 from segfuse.io.atomic import remove_stale_temporaries
 from segfuse.io.checkpoint import load_checkpoint, save_checkpoint
 from segfuse.io.errors import SegfuseInputError
-from segfuse.models.factory import build_model
 from segfuse.training.logging import RunLogger
 from segfuse.training.prefetch import BatchPrefetcher, iteration_rng, resolve_workers
 from segfuse.training.shared_store import shared_store
@@ -174,7 +175,7 @@ def _batch(
     label (B, *patch))``; tensors are in pinned memory when ``pin`` (for asynchronous copies to a GPU).
     """
     t = cfg.training
-    scales = {name: tuple(spec.scale) for name, spec in cfg.data.aux.items()}
+    scales = aux_scales(cfg.data.aux)
     dropout = {name: spec.dropout for name, spec in cfg.data.aux.items()}
     n_fg = max(1, round(t.batch_size * t.foreground_fraction)) if t.foreground_fraction > 0 else 0
     samples = []
@@ -349,8 +350,8 @@ def train(
     train_cases, val_cases, cfg = load_cases(cfg, progress, rank)
     if not train_cases:
         raise SegfuseInputError(f"{cfg.data.dataset}: no training cases after the validation split")
-    scales = {name: tuple(spec.scale) for name, spec in cfg.data.aux.items()}
-    lcm = scales_lcm(scales)
+    scales = aux_scales(cfg.data.aux)
+    lcm = lcm_of_scales(scales)
     margin = _margin(cfg, lcm)
     # views over the store's memory-mapped files, padded per window (no copies)
     if cfg.spatial_dims == 3:
