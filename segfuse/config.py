@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ import yaml
 from segfuse.auxiliary import FUSION_MODES, MAPPER_KINDS, AuxInput, ModalityNorm
 from segfuse.io.errors import SegfuseInputError
 
+#: Label regions: region name → label values, broadest first (``data.regions``).
+Regions = Mapping[str, Sequence[int]]
 #: Folds of k-fold cross-validation when ``data.fold`` is set without ``data.folds``.
 DEFAULT_FOLDS = 5
 #: Fields of :class:`AuxInput` that a config does not hold: the name is the entry's key
@@ -331,8 +333,6 @@ def validate(cfg: Config) -> Config:
             f"config key training.patch_size: {cfg.training.patch_size} needs {dims} entries for mode {cfg.model.mode}"
         )
     if cfg.data.regions is not None:
-        from segfuse.data.regions import check_regions
-
         check_regions(cfg.data.regions, cfg.data.labels or None)
     for key, value in (("training.optimizer", cfg.training.optimizer),):
         if value not in ("adamw", "sgd"):
@@ -359,6 +359,69 @@ def validate(cfg: Config) -> Config:
     if cfg.model.context_slices and dims == 3:
         raise SegfuseInputError("config key model.context_slices: 2.5D context only applies to mode 2d")
     return cfg
+
+
+def paint_values(regions: Regions) -> list[int]:
+    """The label each region paints: the one value it holds that no later region holds.
+
+    Raises:
+        SegfuseInputError: a region owns no value or several (it could not be
+            written back as one label).
+    """
+    names = list(regions)
+    values = []
+    for i, name in enumerate(names):
+        later = {int(v) for other in names[i + 1 :] for v in regions[other]}
+        own = sorted({int(v) for v in regions[name]} - later)
+        if len(own) != 1:
+            raise SegfuseInputError(
+                f"config key data.regions.{name}: a region must hold exactly one label value that no later region "
+                f"holds (the label it paints when written back), got {own or 'none'} from {list(regions[name])}; "
+                f"order the regions broadest first (regions: {dict(regions)})"
+            )
+        values.append(own[0])
+    return values
+
+
+def check_regions(regions: Regions, labels: Collection[int] | None = None, *, paintable: bool = True) -> None:
+    """Check ``regions``: non-empty, positive values, known labels, each paints one label.
+
+    Args:
+        regions: region name → label values, broadest first.
+        labels: the dataset's label values (``None``: not known yet, not checked).
+        paintable: also require that each region owns one label (:func:`paint_values`),
+            as training and prediction do; evaluation only scores the regions and does not.
+
+    Raises:
+        SegfuseInputError: naming the region and the values.
+    """
+    if not regions:
+        raise SegfuseInputError("config key data.regions: give at least one region, or null for per-class softmax")
+    for name, values in regions.items():
+        if not values:
+            raise SegfuseInputError(f"config key data.regions.{name}: a region needs at least one label value")
+        bad = [v for v in values if int(v) <= 0]
+        if bad:
+            raise SegfuseInputError(
+                f"config key data.regions.{name}: label values must be > 0 (0 is background), got {list(values)}"
+            )
+        if labels is not None:
+            unknown = sorted({int(v) for v in values} - {int(v) for v in labels})
+            if unknown:
+                raise SegfuseInputError(
+                    f"config key data.regions.{name}: label values {unknown} are not labels of the dataset "
+                    f"({sorted(int(v) for v in labels)})"
+                )
+    seen: dict[frozenset[int], str] = {}
+    for name, values in regions.items():
+        key = frozenset(int(v) for v in values)
+        if key in seen:
+            raise SegfuseInputError(
+                f"config key data.regions.{name}: holds the same labels {sorted(key)} as region {seen[key]!r}"
+            )
+        seen[key] = name
+    if paintable:
+        paint_values(regions)
 
 
 def _validate_folds(cfg: Config) -> None:

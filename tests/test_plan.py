@@ -16,10 +16,10 @@ import torch
 import yaml
 
 from segfuse.config import load_config
-from segfuse.data.plan import activation_memory, canonical_grid, plan_dataset, plan_patch
-from segfuse.data.preprocess import to_canonical
 from segfuse.io.errors import SegfuseInputError
-from segfuse.io.geometry import aux_grid, describe_affine
+from segfuse.io.geometry import aux_grid, canonical_grid, describe_affine, to_canonical
+from segfuse.training.memory import activation_memory, plan_patch
+from segfuse.training.plan import plan_dataset
 
 LABELS = {0: "background", 1: "edema", 2: "core"}
 
@@ -220,7 +220,7 @@ def test_plan_msd_ct_statistics_and_2d(tmp_path):
 
 def test_rounding_warning_for_a_2_3x_auxiliary(tmp_path, caplog):
     source = _csv_manifest(tmp_path / "ds", aux_factor=2.3)
-    with caplog.at_level(logging.WARNING, logger="segfuse.data.plan"):
+    with caplog.at_level(logging.WARNING, logger="segfuse.data.fingerprint"):
         cfg, report = plan_dataset(source, progress=False)
     assert cfg.data.aux["flair"].scale == (2, 2, 5)
     assert len(report.warnings) == 1

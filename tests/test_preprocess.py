@@ -21,15 +21,21 @@ from segfuse.data.preprocess import (
     PreparedCase,
     Preprocessing,
     crop_to_nonzero,
-    from_canonical,
     normalise,
     prepare_case,
     resample,
+)
+from segfuse.io.errors import SegfuseInputError
+from segfuse.io.geometry import (
+    aux_grid,
+    axcodes,
+    describe_affine,
+    from_canonical,
+    overlap_fraction,
+    spacing_from_affine,
     spacing_grid,
     to_canonical,
 )
-from segfuse.io.errors import SegfuseInputError
-from segfuse.io.geometry import aux_grid, axcodes, describe_affine, overlap_fraction, spacing_from_affine
 
 SCALE = (2, 2, 4)
 SHAPE = (20, 16, 12)  # a multiple of SCALE: the flipped aux grid is the aux grid of the flipped primary

@@ -11,12 +11,10 @@ import torch
 from monai.losses import DiceCELoss
 
 from segfuse.cli import main
-from segfuse.config import config_from_dict
+from segfuse.config import check_regions, config_from_dict, paint_values
 from segfuse.data.regions import (
     BRATS_REGIONS,
-    check_regions,
     labels_from_regions,
-    paint_values,
     region_targets,
     regions_from_arguments,
 )

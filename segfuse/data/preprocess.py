@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import nibabel as nib
 import numpy as np
 import torch
 
@@ -32,7 +31,15 @@ from segfuse.config import Config
 from segfuse.data.labels import validate_label_array
 from segfuse.data.layouts import Case, ImageRef
 from segfuse.io.errors import SegfuseInputError
-from segfuse.io.geometry import aux_grid, describe_affine, overlap_fraction, same_grid, spacing_from_affine
+from segfuse.io.geometry import (
+    aux_grid,
+    describe_affine,
+    overlap_fraction,
+    same_grid,
+    spacing_from_affine,
+    spacing_grid,
+    to_canonical,
+)
 from segfuse.io.image import Volume, read_image
 
 MIN_AUX_OVERLAP = 0.5
@@ -77,7 +84,7 @@ class PreparedCase:
         return tuple(self.primary.shape[1:])
 
 
-# -- geometry helpers ------------------------------------------------------------------
+# -- reading, resampling, normalising ---------------------------------------------------
 
 
 def _channel(volume: Volume, ref: ImageRef) -> np.ndarray:
@@ -94,41 +101,6 @@ def _channel(volume: Volume, ref: ImageRef) -> np.ndarray:
             return np.asarray(array[..., ref.channel], dtype=np.float32)[None]
         return np.moveaxis(np.asarray(array, dtype=np.float32), 3, 0)
     return np.asarray(array, dtype=np.float32)[None]
-
-
-def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorient ``array`` ``(C, X, Y, Z)`` to RAS by flips and axis permutations only (exact)."""
-    ornt = nib.orientations.io_orientation(affine)
-    target = nib.orientations.axcodes2ornt(("R", "A", "S"))
-    transform = nib.orientations.ornt_transform(ornt, target)
-    spatial = array.shape[1:]
-    out = np.stack([nib.orientations.apply_orientation(c, transform) for c in array])
-    new_affine = affine @ nib.orientations.inv_ornt_aff(transform, spatial)
-    return np.ascontiguousarray(out), new_affine
-
-
-def from_canonical(array: np.ndarray, canonical_affine: np.ndarray, source_affine: np.ndarray) -> np.ndarray:
-    """Invert :func:`to_canonical`: ``array`` ``(C, *canonical)`` back to the source axes."""
-    ornt_source = nib.orientations.io_orientation(source_affine)
-    ornt_canon = nib.orientations.io_orientation(canonical_affine)
-    transform = nib.orientations.ornt_transform(ornt_canon, ornt_source)
-    return np.ascontiguousarray(np.stack([nib.orientations.apply_orientation(c, transform) for c in array]))
-
-
-def spacing_grid(affine: np.ndarray, shape: Sequence[int], spacing: Sequence[float]) -> tuple[np.ndarray, tuple]:
-    """The grid with voxel size ``spacing`` covering the same box as ``(affine, shape)``.
-
-    The box's outer edge is kept: the new first voxel's edge sits on the old one's.
-    """
-    old = spacing_from_affine(affine)
-    new = np.asarray(spacing, dtype=float)
-    new_shape = tuple(max(1, round(n * o / s)) for n, o, s in zip(shape, old, new, strict=True))
-    direction = affine[:3, :3] / old
-    out = np.eye(4)
-    out[:3, :3] = direction * new
-    edge = affine[:3, :3] @ (-0.5 * np.ones(3)) + affine[:3, 3]
-    out[:3, 3] = edge + out[:3, :3] @ (0.5 * np.ones(3))
-    return out, new_shape
 
 
 def resample(

@@ -51,7 +51,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from segfuse.data.layouts import Case
@@ -65,6 +64,7 @@ from segfuse.data.preprocess import (
 from segfuse.data.sampling import PaddedCase, foreground_points, padded_view
 from segfuse.io.atomic import atomic_write_text
 from segfuse.io.errors import SegfuseInputError
+from segfuse.io.geometry import canonical_grid
 
 try:  # POSIX; elsewhere two builders of one store are not kept apart
     import fcntl
@@ -289,15 +289,6 @@ class StoreReport:
 # -- writing -------------------------------------------------------------------------------
 
 
-def _canonical_grid(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, list[int]]:
-    """Affine and shape of a grid after :func:`~segfuse.data.preprocess.to_canonical`."""
-    transform = nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(("R", "A", "S"))
-    )
-    canon = affine @ nib.orientations.inv_ornt_aff(transform, tuple(shape))
-    return canon, [int(shape[int(i)]) for i in np.argsort(transform[:, 0])]
-
-
 def _save(folder: Path, name: str, array: np.ndarray) -> None:
     with open(folder / name, "wb") as handle:
         np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
@@ -350,7 +341,7 @@ def _write_case(job: _Job) -> dict[str, Any]:
                 _save(tmp, f"fg_{value}.npy", points.astype(np.int32))
                 foreground[str(value)] = len(points)
         src_shape = [int(n) for n in source.shape[:3]] + [1] * (3 - len(source.shape[:3]))
-        canon_affine, canon_shape = _canonical_grid(source.affine, src_shape)
+        canon_affine, canon_shape = canonical_grid(source.affine, src_shape)
         record = {
             "case_id": case.case_id,
             "digest": job.digest,
@@ -366,7 +357,7 @@ def _write_case(job: _Job) -> dict[str, Any]:
                 "source_affine": np.asarray(source.affine).tolist(),
                 "source_shape": [int(n) for n in source.shape],
                 "canonical_affine": canon_affine.tolist(),
-                "canonical_shape": canon_shape,
+                "canonical_shape": list(canon_shape),
                 "grid_affine": grid_affine.tolist(),
                 "grid_shape": grid_shape,
             },

@@ -444,7 +444,7 @@ def evaluate(
     if labels is None and (recorded := labels_from_predictions(pred)) is not None:
         labels = recorded
     if regions is not None:
-        from segfuse.data.regions import check_regions
+        from segfuse.config import check_regions
 
         check_regions(regions, paintable=False)
         member_values = {int(v) for values in regions.values() for v in values}

@@ -16,7 +16,7 @@ For one case (:func:`predict_case`):
    at the in-plane scale ``(sx, sy)``;
 4. the probabilities go back to the **exact input grid**: when the network grid
    is the canonical reorientation of the source grid they are only un-permuted
-   and un-flipped (:func:`~segfuse.data.preprocess.from_canonical`); otherwise
+   and un-flipped (:func:`~segfuse.io.geometry.from_canonical`); otherwise
    they are first resampled by physical coordinates onto the canonical source
    grid. Outside the network's field of view the probabilities are 0 and the
    label is background;
@@ -50,7 +50,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -62,7 +61,6 @@ from segfuse.data.prediction_inputs import read_for_prediction
 from segfuse.data.preprocess import (
     PreparedCase,
     Preprocessing,
-    from_canonical,
     prepare_case,
     preprocessing_from_config,
     resample,
@@ -75,6 +73,7 @@ from segfuse.inference.pipeline import prepare_ahead, run_pipelined, run_sequent
 from segfuse.io.atomic import atomic_write_text, file_sha256, remove_stale_temporaries
 from segfuse.io.checkpoint import load_checkpoint
 from segfuse.io.errors import SegfuseInputError
+from segfuse.io.geometry import canonical_grid, from_canonical
 from segfuse.io.image import smallest_label_dtype, write_image
 
 __all__ = [
@@ -270,20 +269,11 @@ def _check_aux(model: LoadedModel, case: Case, drop_aux: Collection[str]) -> tup
     return case, missing
 
 
-def _canonical_grid(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, tuple[int, ...]]:
-    """Affine and shape of the source grid after :func:`to_canonical` (flips and permutations)."""
-    ornt = nib.orientations.io_orientation(affine)
-    transform = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(("R", "A", "S")))
-    canon_affine = affine @ nib.orientations.inv_ornt_aff(transform, tuple(shape))
-    canon_shape = tuple(int(shape[int(i)]) for i in np.argsort(transform[:, 0]))
-    return canon_affine, canon_shape
-
-
 def _to_source_grid(probs: np.ndarray, affine: np.ndarray, prepared: PreparedCase) -> np.ndarray:
     """``(K, *network grid)`` → ``(K, X, Y, Z)`` on the source volume's own axes."""
     source = prepared.source
     src_shape = tuple(source.shape) + (1,) * (3 - len(source.shape))
-    canon_affine, canon_shape = _canonical_grid(source.affine, src_shape)
+    canon_affine, canon_shape = canonical_grid(source.affine, src_shape)
     exact = tuple(probs.shape[1:]) == canon_shape and np.allclose(affine, canon_affine, atol=1e-6)
     if not exact:
         probs = resample(probs, affine, canon_affine, canon_shape, mode="bilinear")
