@@ -228,8 +228,10 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _predict_run(args: argparse.Namespace) -> int:
+    from segfuse.inference.case import case_from_paths, predict_case
+    from segfuse.inference.model import load_model
     from segfuse.inference.options import set_inference_options
-    from segfuse.inference.predict import case_from_paths, load_model, predict, predict_case
+    from segfuse.inference.predict import predict
 
     mirror = True if args.mirror else False if args.no_mirror else None
     model = load_model(args.checkpoint, device=args.device)  # several checkpoints: an ensemble

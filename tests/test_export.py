@@ -13,7 +13,7 @@ from segfuse.cli import main
 from segfuse.config import config_from_dict
 from segfuse.factory import build_model
 from segfuse.inference.export import EXPORT_FORMATS, METADATA_NAME, export_model
-from segfuse.inference.predict import load_model
+from segfuse.inference.model import load_model
 from segfuse.io.checkpoint import save_checkpoint
 from segfuse.io.errors import SegfuseInputError
 

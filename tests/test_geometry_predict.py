@@ -17,7 +17,8 @@ import torch
 
 from segfuse.config import config_from_dict
 from segfuse.factory import build_model
-from segfuse.inference.predict import case_from_paths, load_model, model_from_config, predict_case
+from segfuse.inference.case import case_from_paths, predict_case
+from segfuse.inference.model import load_model, model_from_config
 from segfuse.io.checkpoint import save_checkpoint
 
 SHAPE = (16, 24, 8)

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from segfuse.inference.predict import case_from_paths, load_model, predict_case
+from segfuse.inference.case import case_from_paths, predict_case
+from segfuse.inference.model import load_model
 from segfuse.io.checkpoint import load_checkpoint
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "legacy_checkpoint"

@@ -13,7 +13,7 @@ import torch
 from segfuse.cli import main
 from segfuse.config import config_from_dict
 from segfuse.factory import build_model
-from segfuse.inference.predict import case_from_paths, predict_case
+from segfuse.inference.case import case_from_paths, predict_case
 from segfuse.io.checkpoint import save_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.image import Volume, read_image

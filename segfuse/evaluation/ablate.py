@@ -29,7 +29,8 @@ from typing import Any
 
 from segfuse.data.layouts import Dataset, read_dataset
 from segfuse.evaluation.evaluate import EvaluationResult, evaluate
-from segfuse.inference.predict import LoadedModel, load_model, predict
+from segfuse.inference.model import LoadedModel, load_model
+from segfuse.inference.predict import predict
 from segfuse.io.atomic import atomic_write_text
 from segfuse.io.errors import SegfuseInputError
 

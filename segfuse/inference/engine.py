@@ -13,11 +13,14 @@ from tqdm.auto import tqdm
 
 from segfuse.auxiliary import aux_scales
 from segfuse.data.preprocess import PreparedCase
-from segfuse.inference.windows import sliding_window_multires
+from segfuse.inference.windows import Predictor, sliding_window_multires
 
 
-def _predictor(model: torch.nn.Module, amp: bool, sigmoid: bool = False):
-    """Probabilities of one window: softmax over classes, or a sigmoid per region (``sigmoid``)."""
+def window_predictor(model: torch.nn.Module, amp: bool, sigmoid: bool = False) -> Predictor:
+    """``predict(x, aux)``: probabilities of one batch of windows, softmax over classes or a sigmoid per region.
+
+    AMP (autocast) on CUDA only when ``amp``; the logits are taken to float32 first.
+    """
 
     def run(x: torch.Tensor, aux: dict[str, torch.Tensor | None]) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=amp and x.device.type == "cuda"):
@@ -53,7 +56,7 @@ def predict_prepared(
     axes = [a for a in (cfg.inference.mirror_axes if mirror_axes is None else mirror_axes) if a < cfg.spatial_dims]
     scales = aux_scales(cfg.data.aux)
     aux_arrays = {name: case.aux.get(name) for name in scales}
-    predictor = _predictor(model, cfg.training.amp, sigmoid=bool(cfg.data.regions))
+    predictor = window_predictor(model, cfg.training.amp, sigmoid=bool(cfg.data.regions))
     options = dict(
         overlap=cfg.inference.overlap,
         sw_batch_size=cfg.inference.sw_batch_size,

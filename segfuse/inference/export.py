@@ -62,7 +62,7 @@ from torch import nn
 from segfuse import __version__
 from segfuse.auxiliary import ModalityNorm
 from segfuse.data.preprocess import FOREGROUND_FRACTION
-from segfuse.inference.predict import LoadedModel, load_model
+from segfuse.inference.model import LoadedModel, load_model
 from segfuse.io.atomic import atomic_write_text, file_sha256
 from segfuse.io.errors import SegfuseInputError
 
@@ -452,7 +452,7 @@ def export_model(
 
     Args:
         checkpoint: a checkpoint file or run folder, a loaded checkpoint dict, or a
-            :class:`~segfuse.inference.predict.LoadedModel`.
+            :class:`~segfuse.inference.model.LoadedModel`.
         out_dir: output folder (created; files in it with the same names are replaced).
         fmt: ``"onnx"``, ``"torchscript"`` or ``"exported-program"``.
         opset: ONNX opset (default: torch's exporter's choice).

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from segfuse.auxiliary import aux_scales, lcm_of_scales
-from segfuse.inference.predict import LoadedModel
+from segfuse.inference.model import LoadedModel
 from segfuse.io.errors import SegfuseInputError
 
 __all__ = ["set_inference_options"]

@@ -39,6 +39,7 @@ from segfuse.auxiliary import aux_scales, lcm_of_scales
 from segfuse.config import Config
 from segfuse.data.sampling import MAX_FOREGROUND_POINTS, PaddedCase, sample_patch
 from segfuse.factory import build_model
+from segfuse.training.step import TrainingParts, optimisation_step
 
 __all__ = ["IterationTiming", "probe_patch", "time_batches", "time_iteration"]
 
@@ -189,9 +190,7 @@ def _time_network(
     batch = int(run_cfg.training.batch_size)
     model = build_model(run_cfg, in_channels=in_channels).to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=run_cfg.training.lr)
-    use_amp = run_cfg.training.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = _loss(run_cfg)
+    parts = TrainingParts.of(model, optimizer, _loss(run_cfg), dev, amp=run_cfg.training.amp)
     generator = torch.Generator().manual_seed(0)
     channels = in_channels * (2 * run_cfg.model.context_slices + 1) if dims == 2 else in_channels
     num_classes = max(len(run_cfg.data.labels), 2)
@@ -206,14 +205,7 @@ def _time_network(
     params = sum(p.numel() for p in model.parameters())
 
     def step() -> None:
-        with torch.autocast(device_type=dev.type, enabled=use_amp):
-            loss = loss_fn(model(x, aux=aux, present=present), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), run_cfg.training.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        optimisation_step(parts, (x, aux, present, y), grad_clip=run_cfg.training.grad_clip)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
