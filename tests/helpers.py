@@ -9,6 +9,9 @@ import numpy as np
 import torch
 import yaml
 
+from segfuse.config import config_from_dict
+from segfuse.factory import build_model
+from segfuse.io.checkpoint import save_checkpoint
 from segfuse.io.geometry import aux_grid
 
 # -- a tiny training dataset and config (training, cross-validation, splits, end to end) --------
@@ -109,3 +112,11 @@ def write_manifest(folder: Path, names: list[str]) -> Path:
     path = folder / "cases.csv"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def random_checkpoint(path: Path, dropout: float = 0.0, **kwargs) -> Path:
+    """A checkpoint of a tiny random network of :func:`predict_config` (``mode``, model keys in ``kwargs``)."""
+    cfg = config_from_dict(predict_config(dropout, **kwargs))
+    torch.manual_seed(0)
+    net = build_model(cfg)
+    return save_checkpoint({"model": net.state_dict(), "config": cfg.to_dict(), "in_channels": 1}, path)

@@ -9,34 +9,23 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
-from helpers import AFFINE, SHAPE, predict_config, write_case, write_manifest
+from helpers import AFFINE, SHAPE, random_checkpoint, write_case, write_manifest
 
 import segfuse.io.image
 from segfuse.cli import main
-from segfuse.config import config_from_dict
-from segfuse.factory import build_model
 from segfuse.inference.case import case_from_paths, predict_case
 from segfuse.inference.predict import MANIFEST_NAME, predict
-from segfuse.io.checkpoint import save_checkpoint
 from segfuse.io.errors import SegfuseInputError
-
-
-def _checkpoint(path: Path, dropout: float = 0.0, **kwargs) -> Path:
-    cfg = config_from_dict(predict_config(dropout, **kwargs))
-    torch.manual_seed(0)
-    net = build_model(cfg)
-    return save_checkpoint({"model": net.state_dict(), "config": cfg.to_dict(), "in_channels": 1}, path)
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 @pytest.fixture(scope="module")
 def ckpt_dropout(tmp_path_factory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "dropout.pt", dropout=0.3)
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "dropout.pt", dropout=0.3)
 
 
 def test_labels_probabilities_and_qc_on_the_input_grid(ckpt: Path, tmp_path: Path) -> None:
@@ -64,7 +53,7 @@ def test_labels_probabilities_and_qc_on_the_input_grid(ckpt: Path, tmp_path: Pat
 
 
 def test_2d_model_with_context_slices_predicts_slice_by_slice(tmp_path: Path) -> None:
-    ckpt = _checkpoint(tmp_path / "m2d.pt", mode="2d", context_slices=1)
+    ckpt = random_checkpoint(tmp_path / "m2d.pt", mode="2d", context_slices=1)
     t1, flair = write_case(tmp_path, "c0", 0)
     result = predict_case(ckpt, case_from_paths(t1, {"flair": flair}), tmp_path / "seg.nii.gz", mirror=[0])
     seg = nib.load(result.label_path)

@@ -347,18 +347,8 @@ def fingerprint_dataset(
     }
     norms = {name: norms[name] for name in [dataset.primary_name, *dataset.aux_names]}
     return Fingerprint(
-        dataset=str(root),
-        primary=dataset.primary_name,
-        aux_names=list(dataset.aux_names),
-        rows=rows,
-        warnings=warnings,
-        target_spacing=target,
-        median_shape=median_shape,
-        aux_scales=aux_scales,
-        aux_ratios=aux_ratios,
-        labels_declared=dict(declared),
-        labels_found=sorted(found),
-        norms=norms,
-        object_extent=object_extent,
-        total_voxels=float(sum(math.prod(g[1]) for g in grids)),
+        dataset=str(root), primary=dataset.primary_name, aux_names=list(dataset.aux_names), rows=rows,
+        warnings=warnings, target_spacing=target, median_shape=median_shape, aux_scales=aux_scales,
+        aux_ratios=aux_ratios, labels_declared=dict(declared), labels_found=sorted(found), norms=norms,
+        object_extent=object_extent, total_voxels=float(sum(math.prod(g[1]) for g in grids)),
     )

@@ -140,14 +140,19 @@ class _RawCase:
 
 @dataclass
 class _RawDataset:
+    """A dataset as a layout reader sees it: its modalities (the first is the default primary) and cases."""
+
     root: Path
     layout: str
     source: Path  # the file that declared the cases (dataset.json or the manifest)
     modalities: list[str]
-    default_primary: str
-    labels: dict[int, str] | None
     cases: list[_RawCase]
-    required_scans: bool  # True: a selected modality missing for a case is an error
+    labels: dict[int, str] | None = None
+    required_scans: bool = False  # True: a selected modality missing for a case is an error
+    default_primary: str = ""  # "" = the first modality
+
+    def __post_init__(self) -> None:
+        self.default_primary = self.default_primary or self.modalities[0]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -263,16 +268,8 @@ def _read_msd(root: Path, meta: dict[str, Any], source: Path, key: str = "traini
             )
         )
     labels = meta.get("labels")
-    return _RawDataset(
-        root=root,
-        layout="msd",
-        source=source,
-        modalities=modalities,
-        default_primary=modalities[0],
-        labels=_normalise_labels(labels, source) if labels else None,
-        cases=cases,
-        required_scans=True,
-    )
+    labels = _normalise_labels(labels, source) if labels else None
+    return _RawDataset(root, "msd", source, modalities, cases, labels=labels, required_scans=True)
 
 
 def _read_nnunet(root: Path, meta: dict[str, Any], source: Path, images: str = "imagesTr") -> _RawDataset:
@@ -333,16 +330,8 @@ def _read_nnunet(root: Path, meta: dict[str, Any], source: Path, images: str = "
         )
         for case in sorted(found)
     ]
-    return _RawDataset(
-        root=root,
-        layout="nnunet",
-        source=source,
-        modalities=channels,
-        default_primary=channels[0],
-        labels=_normalise_labels(by_value, source) if by_value else None,
-        cases=cases,
-        required_scans=True,
-    )
+    labels = _normalise_labels(by_value, source) if by_value else None
+    return _RawDataset(root, "nnunet", source, channels, cases, labels=labels, required_scans=True)
 
 
 def _read_csv_manifest(path: Path, require_labels: bool) -> _RawDataset:
@@ -391,16 +380,7 @@ def _read_csv_manifest(path: Path, require_labels: bool) -> _RawDataset:
                 origin=f"{path.name} line {line}",
             )
         )
-    return _RawDataset(
-        root=base,
-        layout="manifest",
-        source=path,
-        modalities=[primary_col, *aux_cols],
-        default_primary=primary_col,
-        labels=None,
-        cases=cases,
-        required_scans=False,
-    )
+    return _RawDataset(base, "manifest", path, [primary_col, *aux_cols], cases)
 
 
 _YAML_TOP_KEYS = {"labels", "primary_name", "cases", "name", "description"}
@@ -468,16 +448,8 @@ def _read_yaml_manifest(path: Path) -> _RawDataset:
     labels = data.get("labels")
     if labels is not None and not isinstance(labels, Mapping):
         raise SegfuseInputError(f"{path}: 'labels' must map value → name, got {labels!r}")
-    return _RawDataset(
-        root=base,
-        layout="manifest",
-        source=path,
-        modalities=[primary_name, *aux_names],
-        default_primary=primary_name,
-        labels=_normalise_labels(labels, path) if labels else None,
-        cases=cases,
-        required_scans=False,
-    )
+    labels = _normalise_labels(labels, path) if labels else None
+    return _RawDataset(base, "manifest", path, [primary_name, *aux_names], cases, labels=labels)
 
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
@@ -570,16 +542,8 @@ def _read_image_folder(
             )
             for case, channels in sorted(groups.items())
         ]
-    return _RawDataset(
-        root=folder,
-        layout="folder",
-        source=folder,
-        modalities=modalities,
-        default_primary=primary if primary in modalities else modalities[0],
-        labels=None,
-        cases=cases,
-        required_scans=False,
-    )
+    default = primary if primary in modalities else ""  # else the first modality
+    return _RawDataset(folder, "folder", folder, modalities, cases, default_primary=default)
 
 
 def _read_raw(

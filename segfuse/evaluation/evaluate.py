@@ -52,6 +52,7 @@ from segfuse.io.atomic import atomic_write, atomic_write_text
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.geometry import describe_affine, same_grid
 from segfuse.io.image import Volume, read_image
+from segfuse.io.label_tables import integer_labels
 
 __all__ = ["IMAGE_EXTENSIONS", "EvaluationResult", "evaluate"]
 
@@ -269,16 +270,7 @@ def _default_labels(pairs: Sequence[tuple[str, Path, Path]], progress: bool) -> 
 
 
 def _normalise_labels(labels: Mapping[int, str]) -> dict[int, str]:
-    out: dict[int, str] = {}
-    for key, name in labels.items():
-        try:
-            value = int(key)
-        except (TypeError, ValueError) as err:
-            raise SegfuseInputError(
-                f"labels: keys must be integer label values, got {key!r}"
-            ) from err
-        if value != 0:
-            out[value] = str(name)
+    out = {value: name for value, name in integer_labels(labels).items() if value != 0}
     names = list(out.values())
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

@@ -125,12 +125,8 @@ class FusionUNet(nn.Module):
             deep_supervision=deep_supervision,
         )
         self.encoder = ResNet18Encoder(
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            depth=encoder_depth,
-            widen_factor=widen_factor,
-            stem_kernel=stem_kernel,
-            norm=norm,
+            spatial_dims=spatial_dims, in_channels=in_channels, depth=encoder_depth, widen_factor=widen_factor,
+            stem_kernel=stem_kernel, norm=norm,
         )
         strides = self.encoder.strides
         self.aux_levels: dict[str, list[int]] = {a.name: self._entry_levels(a, strides) for a in aux_inputs}
