@@ -305,7 +305,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one variant on one fold, evaluate its snapshots and final weights on the fold (in this process)."""
     import torch
 
-    from segfuse.data.layouts import Dataset, read_dataset
+    from segfuse.data.cases import Dataset
+    from segfuse.data.layouts import read_dataset
     from segfuse.evaluation.ablate import ablate
     from segfuse.evaluation.evaluate import evaluate, reference_folder
     from segfuse.inference.predict import predict

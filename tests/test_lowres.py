@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from segfuse.cli import main
-from segfuse.data.layouts import ImageRef
+from segfuse.data.cases import ImageRef
 from segfuse.data.lowres import anti_alias_sigma, simulate_low_resolution, simulate_low_resolution_array
 from segfuse.data.preprocess import load_aux
 from segfuse.io.geometry import aux_grid, same_grid

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from segfuse.auxiliary import ModalityNorm
 from segfuse.data import preprocess
-from segfuse.data.layouts import Case, ImageRef
+from segfuse.data.cases import Case, ImageRef
 from segfuse.data.preprocess import (
     PreparedCase,
     Preprocessing,

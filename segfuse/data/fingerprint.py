@@ -40,8 +40,9 @@ import numpy as np
 from tqdm import tqdm
 
 from segfuse.auxiliary import ModalityNorm
+from segfuse.data.cases import Case, ImageRef
 from segfuse.data.labels import validate_label_array
-from segfuse.data.layouts import Case, ImageRef, read_dataset
+from segfuse.data.layouts import read_dataset
 from segfuse.data.preprocess import MIN_AUX_OVERLAP
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.geometry import (

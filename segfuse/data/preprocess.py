@@ -28,8 +28,8 @@ import torch
 
 from segfuse.auxiliary import ModalityNorm, aux_scales, lcm_of_scales
 from segfuse.config import Config
+from segfuse.data.cases import Case, ImageRef
 from segfuse.data.labels import validate_label_array
-from segfuse.data.layouts import Case, ImageRef
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.geometry import (
     aux_grid,

@@ -26,7 +26,8 @@ from typing import TypeVar
 
 import numpy as np
 
-from segfuse.data.layouts import Case, read_dataset
+from segfuse.data.cases import Case
+from segfuse.data.layouts import read_dataset
 from segfuse.io.atomic import atomic_write_text
 from segfuse.io.errors import SegfuseInputError
 

@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from segfuse.data.layouts import Case
+from segfuse.data.cases import Case
 from segfuse.data.preprocess import (
     PreparedCase,
     Preprocessing,

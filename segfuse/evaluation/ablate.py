@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segfuse.data.layouts import Dataset, read_dataset
+from segfuse.data.cases import Dataset
+from segfuse.data.layouts import read_dataset
 from segfuse.evaluation.evaluate import EvaluationResult, evaluate
 from segfuse.inference.model import LoadedModel, load_model
 from segfuse.inference.predict import predict

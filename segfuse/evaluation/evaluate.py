@@ -511,7 +511,7 @@ def _write_qc(pairs: Sequence[tuple[str, Path, Path]], folder: Path, progress: b
 def reference_folder(cases, folder: Path) -> Path:
     """Copy each case's label file to ``folder/<case_id>.nii.gz`` (the layout ``evaluate`` matches on).
 
-    ``cases``: :class:`segfuse.data.layouts.Case` objects with NIfTI labels. Existing files are kept.
+    ``cases``: :class:`segfuse.data.cases.Case` objects with NIfTI labels. Existing files are kept.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

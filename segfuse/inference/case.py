@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from segfuse.config import Config
-from segfuse.data.layouts import Case, ImageRef
+from segfuse.data.cases import Case, ImageRef
 from segfuse.data.preprocess import PreparedCase, prepare_case, resample
 from segfuse.inference.dimensions import check_case_dimensions
 from segfuse.inference.label_outputs import write_label_map
@@ -210,7 +210,7 @@ def predict_case(
 
     Args:
         state_or_model: a checkpoint file, a loaded checkpoint dict or a :class:`LoadedModel`.
-        case: the scans (a :class:`~segfuse.data.layouts.Case`; its label, if any, is only drawn in the QC picture).
+        case: the scans (a :class:`~segfuse.data.cases.Case`; its label, if any, is only drawn in the QC picture).
         out_path: the label file (``.nii.gz``, ``.nii``, ``.nrrd`` or ``.mha``; ``.seg.nrrd`` writes a
             3D Slicer segmentation with named, coloured segments); its folder must exist.
         save_probabilities: ``True`` writes ``<out>_probabilities.nii.gz`` beside ``out_path``;

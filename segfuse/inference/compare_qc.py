@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segfuse.data.layouts import Case
+from segfuse.data.cases import Case
 from segfuse.data.preprocess import load_aux
 from segfuse.inference.qc import pick_slices
 from segfuse.io.atomic import atomic_write

@@ -46,7 +46,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from contextlib import AbstractContextManager
 from typing import TypeVar
 
-from segfuse.data.layouts import Case
+from segfuse.data.cases import Case
 from segfuse.data.preprocess import PreparedCase, Preprocessing, prepare_case
 
 __all__ = ["RUNNING_CASES", "prepare_ahead", "run_pipelined", "run_sequential"]

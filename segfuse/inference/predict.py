@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from segfuse.data.layouts import Case, Dataset
+from segfuse.data.cases import Case, Dataset
 from segfuse.data.prediction_inputs import read_for_prediction
 from segfuse.inference.case import PredictionResult, predict_case
 from segfuse.inference.model import LoadedModel, load_model
