@@ -313,7 +313,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one variant on one fold, evaluate its snapshots and final weights on the fold (in this process)."""
     import torch
 
-    from segfuse.data.layouts import Dataset, read_dataset
+    from segfuse.data.cases import Dataset
+    from segfuse.data.layouts import read_dataset
     from segfuse.evaluation.ablate import ablate
     from segfuse.evaluation.evaluate import evaluate, reference_folder
     from segfuse.inference.predict import predict
@@ -387,7 +388,7 @@ def step_memory(job: dict[str, Any]) -> dict[str, Any]:
     """Peak memory and time of a training step of the variant's network on its batch (fresh process)."""
     import torch
 
-    from segfuse.models.factory import build_model
+    from segfuse.factory import build_model
     from segfuse.training.losses import build_loss
 
     def rss_mib() -> float:

@@ -345,9 +345,9 @@ def inference(device: torch.device, args: argparse.Namespace, budget: Budget, re
     from monai.inferers import sliding_window_inference
     from monai.networks.nets import FlexibleUNet
 
-    from segfuse.inference.engine import _predictor
+    from segfuse import AuxInput, FusionUNet
+    from segfuse.inference.engine import window_predictor
     from segfuse.inference.windows import sliding_window_multires, window_starts
-    from segfuse.models.net import AuxInput, FusionUNet
 
     amp = device.type == "cuda"
     shape = tuple(args.volume)
@@ -383,7 +383,7 @@ def inference(device: torch.device, args: argparse.Namespace, budget: Budget, re
         .to(device)
         .eval()
     )
-    seg_predict = _predictor(segnet, amp=True)  # autocast on CUDA only, softmax in float32
+    seg_predict = window_predictor(segnet, amp=True)  # autocast on CUDA only, softmax in float32
 
     def run_segfuse(output_device):
         def fn():

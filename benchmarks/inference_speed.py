@@ -6,7 +6,7 @@ when present (``t1.nii.gz`` + ``flair_2x2x4mm.nii.gz``), else random data of
 those shapes (the report says which). Methods, each in a fresh subprocess so
 that peak RSS (``ru_maxrss``) belongs to one method:
 
-- ``segfuse predict``: :func:`segfuse.inference.predict.predict_case` from a
+- ``segfuse predict``: :func:`segfuse.inference.case.predict_case` from a
   checkpoint file, the whole path: reading the checkpoint and rebuilding the
   network, reading the NIfTI files, preprocessing (canonical RAS, z-score),
   the multi-resolution sliding window (the FLAIR windowed at its own 2×2×4 grid),
@@ -236,11 +236,14 @@ def _profile(fn, rows: int = 15) -> list[dict[str, Any]]:
 
 
 def worker_segfuse(spec: dict[str, Any]) -> dict[str, Any]:
-    import segfuse.inference.predict as predict_module
-    from segfuse.inference.predict import case_from_paths, load_model, predict_case
+    import dataclasses
+
+    from segfuse.data.preprocess import prepare_case
+    from segfuse.inference.case import case_from_paths, predict_case
+    from segfuse.inference.engine import predict_prepared
+    from segfuse.inference.model import LoadedModel, load_model
 
     stages: dict[str, list[float]] = {"window+network": [], "read+preprocess": []}
-    inner_predict, inner_prepare = predict_module.predict_prepared, predict_module.prepare_case
 
     def timed_stage(name, fn):
         def wrapped(*args, **kwargs):
@@ -252,13 +255,27 @@ def worker_segfuse(spec: dict[str, Any]) -> dict[str, Any]:
 
         return wrapped
 
-    # predict_case looks both names up in its module at call time: wrapping them times the stages.
-    predict_module.predict_prepared = timed_stage("window+network", inner_predict)
-    predict_module.prepare_case = timed_stage("read+preprocess", inner_prepare)
+    @dataclasses.dataclass
+    class TimedModel(LoadedModel):
+        """The loaded model whose network stage (windowing + network) is timed."""
+
+        def probabilities(self, prepared, *, mirror_axes, progress=False):
+            return timed_stage("window+network", super().probabilities)(
+                prepared, mirror_axes=mirror_axes, progress=progress
+            )
+
+    def timed_predict_case(checkpoint, case, out, mirror):
+        # as predict_case(checkpoint, ...): the checkpoint is loaded on every call; the two stages are timed
+        # through predict_case's public hooks (its model's probabilities, its prepare)
+        loaded = load_model(checkpoint)
+        model = TimedModel(**{f.name: getattr(loaded, f.name) for f in dataclasses.fields(LoadedModel)})
+        prepare = timed_stage("read+preprocess", lambda c: prepare_case(c, model.preprocessing, with_label=False))
+        return predict_case(model, case, out, mirror=mirror, prepare=prepare)
+
     case = case_from_paths(spec["t1"], {AUX_NAME: spec["flair"]}, case_id="bench")
     out = Path(spec["work"]) / f"seg_{os.getpid()}.nii.gz"
     mirror = [0, 1, 2] if spec["tta"] else False
-    warm, times, cpu = _timed(lambda: predict_case(spec["checkpoint"], case, out, mirror=mirror), spec["repeats"])
+    warm, times, cpu = _timed(lambda: timed_predict_case(spec["checkpoint"], case, out, mirror), spec["repeats"])
     result = {
         "warmup_s": warm,
         "times_s": times,
@@ -270,8 +287,8 @@ def worker_segfuse(spec: dict[str, Any]) -> dict[str, Any]:
     result["parameters"] = sum(p.numel() for p in model.net.parameters())
     result["output_dtype"] = str(__import__("nibabel").load(out).get_data_dtype())
     if spec["profile"]:
-        prepared = inner_prepare(case, model.preprocessing, with_label=False)
-        result["profile"] = _profile(lambda: inner_predict(model.net, model.cfg, prepared, mirror_axes=mirror or []))
+        prepared = prepare_case(case, model.preprocessing, with_label=False)
+        result["profile"] = _profile(lambda: predict_prepared(model.net, model.cfg, prepared, mirror_axes=mirror or []))
     return result
 
 
@@ -593,8 +610,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from segfuse.factory import build_model
     from segfuse.io.checkpoint import save_checkpoint
-    from segfuse.models.factory import build_model
 
     command = "nice -n 19 " * (os.nice(0) >= 19) + shlex.join([Path(sys.executable).name, *sys.argv])
     shape = QUICK_SHAPE if args.quick else FULL_SHAPE

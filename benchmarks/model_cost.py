@@ -112,7 +112,7 @@ def run_worker(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
 
-    from segfuse.models.net import AuxInput, FusionUNet
+    from segfuse import AuxInput, FusionUNet
 
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -200,7 +200,7 @@ def analytic(spec: dict[str, Any]) -> dict[str, Any]:
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
-    from segfuse.models.net import AuxInput, FusionUNet
+    from segfuse import AuxInput, FusionUNet
 
     kind, scale, shape = spec["kind"], spec["scale"], (spec["size"],) * 3
     net_kwargs = {k: spec[k] for k in ("encoder_depth", "widen_factor", "stem_kernel", "decoder_channels")}

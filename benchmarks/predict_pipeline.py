@@ -97,8 +97,8 @@ def save_model(config: Path, overrides: list[str], path: Path) -> tuple[Path, st
     import torch
 
     from segfuse.config import load_config
+    from segfuse.factory import build_model
     from segfuse.io.checkpoint import save_checkpoint
-    from segfuse.models.factory import build_model
 
     cfg = load_config(config, ["data.primary=t1", "data.labels={0: background, 1: whole_tumour}", *overrides])
     torch.manual_seed(0)
@@ -112,8 +112,8 @@ def save_model(config: Path, overrides: list[str], path: Path) -> tuple[Path, st
 def gil_probe(manifest: Path, checkpoint: Path) -> dict[str, float]:
     """Main-thread pure-Python speed while one case is prepared in a thread, relative to alone."""
     from segfuse.data.prediction_inputs import read_for_prediction
+    from segfuse.inference.model import load_model
     from segfuse.inference.pipeline import prepare_ahead
-    from segfuse.inference.predict import load_model
 
     model = load_model(checkpoint, device="cpu")
     case = read_for_prediction(manifest, primary="t1", aux=[AUX_NAME]).cases[0]

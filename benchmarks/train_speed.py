@@ -62,8 +62,9 @@ def build(method: str, batch: int, patch: tuple[int, int, int], device: str = "c
     from peers_hippocampus import DEEP_SUPERVISION_WEIGHTS, build_peer
 
     from segfuse.config import ModelConfig, load_config
-    from segfuse.models.factory import build_model
-    from segfuse.training import loop
+    from segfuse.factory import build_model
+    from segfuse.training.loop import make_optimizer
+    from segfuse.training.losses import build_loss
 
     cfg = load_config(ROOT / "configs" / "hippocampus_3d.yaml", ["data.labels={0: bg, 1: a, 2: p}"])
     gen = torch.Generator().manual_seed(0)
@@ -83,8 +84,8 @@ def build(method: str, batch: int, patch: tuple[int, int, int], device: str = "c
             tree["data"]["aux"] = {"flair": {"scale": list(FLAIR_SCALE), "mapper": "conv", "fusion": "concat"}}
             cfg = config_from_dict(tree)
         model = build_model(cfg, in_channels=1)
-        loss_fn = loop._loss(cfg)
-        optimizer = loop._optimizer(cfg, model.parameters())
+        loss_fn = build_loss(cfg)
+        optimizer = make_optimizer(cfg, model.parameters())
         aux = {"flair": flair} if cfg.data.aux else None
 
         def step_loss():

@@ -11,7 +11,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "FusionUNet": "segfuse.models.net",
-    "AuxInput": "segfuse.models.net",
+    "AuxInput": "segfuse.auxiliary",
     "FusionUNetConfig": "segfuse.models.net",
 }
 

@@ -36,6 +36,13 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 
 
+def _overrides_argument(parser: argparse.ArgumentParser, example: str) -> None:
+    """The ``SECTION.KEY=VALUE`` config overrides every verb that reads a run config takes."""
+    parser.add_argument(
+        "overrides", nargs="*", metavar="SECTION.KEY=VALUE", help=f"config overrides, e.g. {example}"
+    )
+
+
 @dataclass(frozen=True)
 class Verb:
     """One ``segfuse <verb>``: a one-line help, its options and what it runs."""
@@ -97,9 +104,7 @@ def _plan_run(args: argparse.Namespace) -> int:
 
 def _preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, required=True, help="run config YAML (the one you will train with)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. data.store=/scratch/store"
-    )
+    _overrides_argument(parser, "data.store=/scratch/store")
     parser.add_argument(
         "-j", "--workers", type=int, default=None,
         help="processes preparing cases (default: 1 for a small dataset, else the cores, at most 8)",
@@ -228,8 +233,10 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _predict_run(args: argparse.Namespace) -> int:
+    from segfuse.inference.case import case_from_paths, predict_case
+    from segfuse.inference.model import load_model
     from segfuse.inference.options import set_inference_options
-    from segfuse.inference.predict import case_from_paths, load_model, predict, predict_case
+    from segfuse.inference.predict import predict
 
     mirror = True if args.mirror else False if args.no_mirror else None
     model = load_model(args.checkpoint, device=args.device)  # several checkpoints: an ensemble
@@ -334,16 +341,11 @@ def _export_run(args: argparse.Namespace) -> int:
 
 def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, default=None, help="run config YAML (from `segfuse plan` or configs/)")
-    parser.add_argument(
-        "overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. training.iterations=500"
-    )
+    _overrides_argument(parser, "training.iterations=500")
     parser.add_argument("--run-dir", type=Path, default=None, help="run folder (default: output_dir/name)")
     parser.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue an interrupted run")
     parser.add_argument(
-        "--fold",
-        type=int,
-        default=None,
-        metavar="K",
+        "--fold", type=int, default=None, metavar="K",
         help="cross-validation: train fold K of data.folds (default 5) into output_dir/name/fold_K, "
         "then predict its validation cases into fold_K/validation",
     )
@@ -390,9 +392,7 @@ def _demo_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="the single-modality demo on the bundled hippocampus sample instead of BraTS T1 + low-resolution FLAIR",
     )
-    parser.add_argument(
-        "overrides", nargs="*", metavar="SECTION.KEY=VALUE", help="config overrides, e.g. training.max_minutes=2"
-    )
+    _overrides_argument(parser, "training.max_minutes=2")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 

@@ -18,13 +18,23 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from segfuse.auxiliary import FUSION_MODES, MAPPER_KINDS, AuxInput, ModalityNorm
 from segfuse.io.errors import SegfuseInputError
+
+#: Label regions: region name → label values, broadest first (``data.regions``).
+Regions = Mapping[str, Sequence[int]]
+#: Folds of k-fold cross-validation when ``data.fold`` is set without ``data.folds``.
+DEFAULT_FOLDS = 5
+#: Fields of :class:`AuxInput` that a config does not hold: the name is the entry's key
+#: under ``data.aux``, and auxiliaries read from files have one channel.
+_AUX_FIELDS_NOT_IN_CONFIG = ("name", "channels")
 
 
 @dataclass
@@ -38,37 +48,11 @@ class ExperimentConfig:
 
 
 @dataclass
-class ModalityNorm:
-    """Intensity normalisation of one input (written by ``segfuse plan``).
-
-    ``kind``: ``"mr"`` (z-score over the foreground of each case) or ``"ct"``
-    (clip to ``clip``, then z-score with the dataset ``mean``/``std``).
-    """
-
-    kind: str = "mr"
-    clip: list[float] | None = None
-    mean: float | None = None
-    std: float | None = None
-
-
-@dataclass
-class AuxSpec:
-    """An auxiliary input: dataset modality name and how the network takes it."""
-
-    scale: list[int] = field(default_factory=lambda: [1, 1, 1])
-    mapper: str = "conv"
-    fusion: str = "concat"
-    features: int = 16
-    hidden: int = 32
-    mapper_layers: int = 2
-    levels: list[int] | None = None
-    dropout: float = 0.0
-    norm: ModalityNorm = field(default_factory=ModalityNorm)
-
-
-@dataclass
 class DataConfig:
     """Which dataset, which inputs, and the preprocessing every case goes through.
+
+    ``aux``: one :class:`~segfuse.auxiliary.AuxInput` per auxiliary modality, keyed
+    by its name (``data.aux.flair.scale: [2, 2, 4]``); every layer reads it.
 
     Every case is prepared once and written to the preprocessed store
     (:mod:`segfuse.data.store`; ``segfuse preprocess``, or ``segfuse train`` when it
@@ -89,7 +73,7 @@ class DataConfig:
 
     dataset: str = ""
     primary: str | None = None
-    aux: dict[str, AuxSpec] = field(default_factory=dict)
+    aux: dict[str, AuxInput] = field(default_factory=dict)
     labels: dict[int, str] = field(default_factory=dict)
     regions: dict[str, list[int]] | None = None
     target_spacing: list[float] | None = None
@@ -197,8 +181,12 @@ class Config:
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data (YAML/JSON/``weights_only`` checkpoint safe)."""
-        return dataclasses.asdict(self)
+        """Plain data (YAML/JSON/``weights_only`` checkpoint safe): sequences are lists."""
+        tree = _plain(dataclasses.asdict(self))
+        for section in tree["data"]["aux"].values():
+            for key in _AUX_FIELDS_NOT_IN_CONFIG:
+                del section[key]
+        return tree
 
     @property
     def spatial_dims(self) -> int:
@@ -207,6 +195,15 @@ class Config:
     @property
     def roi_size(self) -> list[int]:
         return list(self.inference.roi_size or self.training.patch_size)
+
+
+def _plain(value: Any) -> Any:
+    """``value`` with every tuple a list (``asdict`` keeps the frozen records' tuples)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def _type_name(tp: Any) -> str:
@@ -233,15 +230,18 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise SegfuseInputError(f"config key {key}: expected a mapping, got {value!r}")
         return _from_dict(tp, value, key)
-    if origin is list:
+    if origin in (list, tuple):
         if not isinstance(value, list | tuple):
             raise SegfuseInputError(f"config key {key}: expected a list, got {value!r}")
-        (item,) = typing.get_args(tp)
-        return [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        item = typing.get_args(tp)[0]  # list[X] or tuple[X, ...]
+        items = [_convert(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
     if origin is dict:
         if not isinstance(value, dict):
             raise SegfuseInputError(f"config key {key}: expected a mapping, got {value!r}")
         ktp, vtp = typing.get_args(tp)
+        if vtp is AuxInput:
+            return {_convert(k, ktp, f"{key} key"): _aux_from_dict(k, v, f"{key}.{k}") for k, v in value.items()}
         return {_convert(k, ktp, f"{key} key"): _convert(v, vtp, f"{key}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
@@ -270,16 +270,43 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+def _fields_from_dict(cls: type, data: dict[str, Any], prefix: str, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The fields of dataclass ``cls`` that ``data`` gives, checked and converted (``skip``: not config keys)."""
     hints = typing.get_type_hints(cls)
-    known = [f.name for f in dataclasses.fields(cls)]
+    known = [f.name for f in dataclasses.fields(cls) if f.name not in skip]
     kwargs = {}
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in known:
             raise SegfuseInputError(f"config key {key} is not a known key; known keys here: {', '.join(known)}")
         kwargs[k] = _convert(v, hints[k], key)
-    return cls(**kwargs)
+    return kwargs
+
+
+def _from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    return cls(**_fields_from_dict(cls, data, prefix))
+
+
+def _aux_from_dict(name: str, data: Any, key: str) -> AuxInput:
+    """The :class:`AuxInput` of ``data.aux.<name>``, with errors that name the key."""
+    if not isinstance(data, dict):
+        raise SegfuseInputError(f"config key {key}: expected a mapping, got {data!r}")
+    fields = _fields_from_dict(AuxInput, data, key, skip=_AUX_FIELDS_NOT_IN_CONFIG)
+    scale = fields.get("scale", (1, 1, 1))
+    if len(scale) != 3:
+        raise SegfuseInputError(f"config key {key}.scale: needs 3 entries (x, y, z), got {list(scale)}")
+    mapper, fusion = fields.get("mapper", "conv"), fields.get("fusion", "concat")
+    if mapper not in MAPPER_KINDS:
+        raise SegfuseInputError(f"config key {key}.mapper: {mapper!r} is not one of {MAPPER_KINDS}")
+    if fusion not in FUSION_MODES:
+        raise SegfuseInputError(f"config key {key}.fusion: {fusion!r} is not one of {FUSION_MODES}")
+    dropout = fields.get("dropout", 0.0)
+    if not 0.0 <= dropout < 1.0:
+        raise SegfuseInputError(f"config key {key}.dropout: must be in [0, 1), got {dropout}")
+    try:
+        return AuxInput(name=str(name), **fields)
+    except ValueError as exc:
+        raise SegfuseInputError(f"config key {key}: {exc}") from exc
 
 
 def _set_override(tree: dict[str, Any], override: str) -> None:
@@ -297,10 +324,7 @@ def _set_override(tree: dict[str, Any], override: str) -> None:
 
 
 def validate(cfg: Config) -> Config:
-    """Cross-field checks whose messages name the key and the values."""
-    from segfuse.models.fusion import FUSION_MODES
-    from segfuse.models.mappers import MAPPER_KINDS
-
+    """Cross-field checks whose messages name the key and the values (``data.aux`` is checked as it is read)."""
     dims = cfg.spatial_dims
     if cfg.model.mode not in ("2d", "3d"):
         raise SegfuseInputError(f"config key model.mode: expected '2d' or '3d', got {cfg.model.mode!r}")
@@ -308,18 +332,7 @@ def validate(cfg: Config) -> Config:
         raise SegfuseInputError(
             f"config key training.patch_size: {cfg.training.patch_size} needs {dims} entries for mode {cfg.model.mode}"
         )
-    for name, spec in cfg.data.aux.items():
-        if len(spec.scale) != 3:
-            raise SegfuseInputError(f"config key data.aux.{name}.scale: needs 3 entries (x, y, z), got {spec.scale}")
-        if spec.mapper not in MAPPER_KINDS:
-            raise SegfuseInputError(f"config key data.aux.{name}.mapper: {spec.mapper!r} is not one of {MAPPER_KINDS}")
-        if spec.fusion not in FUSION_MODES:
-            raise SegfuseInputError(f"config key data.aux.{name}.fusion: {spec.fusion!r} is not one of {FUSION_MODES}")
-        if not 0.0 <= spec.dropout < 1.0:
-            raise SegfuseInputError(f"config key data.aux.{name}.dropout: must be in [0, 1), got {spec.dropout}")
     if cfg.data.regions is not None:
-        from segfuse.data.regions import check_regions
-
         check_regions(cfg.data.regions, cfg.data.labels or None)
     for key, value in (("training.optimizer", cfg.training.optimizer),):
         if value not in ("adamw", "sgd"):
@@ -348,10 +361,71 @@ def validate(cfg: Config) -> Config:
     return cfg
 
 
+def paint_values(regions: Regions) -> list[int]:
+    """The label each region paints: the one value it holds that no later region holds.
+
+    Raises:
+        SegfuseInputError: a region owns no value or several (it could not be
+            written back as one label).
+    """
+    names = list(regions)
+    values = []
+    for i, name in enumerate(names):
+        later = {int(v) for other in names[i + 1 :] for v in regions[other]}
+        own = sorted({int(v) for v in regions[name]} - later)
+        if len(own) != 1:
+            raise SegfuseInputError(
+                f"config key data.regions.{name}: a region must hold exactly one label value that no later region "
+                f"holds (the label it paints when written back), got {own or 'none'} from {list(regions[name])}; "
+                f"order the regions broadest first (regions: {dict(regions)})"
+            )
+        values.append(own[0])
+    return values
+
+
+def check_regions(regions: Regions, labels: Collection[int] | None = None, *, paintable: bool = True) -> None:
+    """Check ``regions``: non-empty, positive values, known labels, each paints one label.
+
+    Args:
+        regions: region name → label values, broadest first.
+        labels: the dataset's label values (``None``: not known yet, not checked).
+        paintable: also require that each region owns one label (:func:`paint_values`),
+            as training and prediction do; evaluation only scores the regions and does not.
+
+    Raises:
+        SegfuseInputError: naming the region and the values.
+    """
+    if not regions:
+        raise SegfuseInputError("config key data.regions: give at least one region, or null for per-class softmax")
+    for name, values in regions.items():
+        if not values:
+            raise SegfuseInputError(f"config key data.regions.{name}: a region needs at least one label value")
+        bad = [v for v in values if int(v) <= 0]
+        if bad:
+            raise SegfuseInputError(
+                f"config key data.regions.{name}: label values must be > 0 (0 is background), got {list(values)}"
+            )
+        if labels is not None:
+            unknown = sorted({int(v) for v in values} - {int(v) for v in labels})
+            if unknown:
+                raise SegfuseInputError(
+                    f"config key data.regions.{name}: label values {unknown} are not labels of the dataset "
+                    f"({sorted(int(v) for v in labels)})"
+                )
+    seen: dict[frozenset[int], str] = {}
+    for name, values in regions.items():
+        key = frozenset(int(v) for v in values)
+        if key in seen:
+            raise SegfuseInputError(
+                f"config key data.regions.{name}: holds the same labels {sorted(key)} as region {seen[key]!r}"
+            )
+        seen[key] = name
+    if paintable:
+        paint_values(regions)
+
+
 def _validate_folds(cfg: Config) -> None:
     """``data.folds`` / ``data.fold``; a fold without a fold count gets the default (5)."""
-    from segfuse.data.splits import DEFAULT_FOLDS
-
     data = cfg.data
     if data.folds is not None and data.folds < 2:
         raise SegfuseInputError(f"config key data.folds: needs 2 or more folds, got {data.folds}")

@@ -14,10 +14,10 @@ import torch
 from segfuse.cli import main
 from segfuse.config import config_from_dict
 from segfuse.evaluation.ablate import ablate
+from segfuse.factory import build_model
 from segfuse.io.checkpoint import save_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.geometry import aux_grid
-from segfuse.models.factory import build_model
 
 SHAPE = (16, 16, 8)
 SCALE = (2, 2, 4)

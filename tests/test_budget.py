@@ -76,7 +76,7 @@ def test_depth_batch_and_probe_rules():
 
 def test_patch_rule_reproduces_the_hand_tuned_hippocampus_patch(tmp_path):
     """Objects of the hippocampus's median extent in crops of its median shape get the tuned 48 x 64 x 48."""
-    from segfuse.data.plan import plan_dataset
+    from segfuse.training.plan import plan_dataset
 
     source = _dataset(tmp_path, (35, 50, 36), (22, 39, 26))
     _, report = plan_dataset(source, progress=False)

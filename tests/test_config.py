@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from segfuse.config import AuxSpec, Config, ModalityNorm, load_config, save_config
+from segfuse.auxiliary import AuxInput, ModalityNorm
+from segfuse.config import Config, load_config, save_config
 from segfuse.io.errors import SegfuseInputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,12 +95,12 @@ def test_wrong_type_error_names_key_and_value(cfg_path, override, key, value):
 def test_aux_entries_are_parsed_into_auxspec(cfg_path):
     cfg = load_config(cfg_path)
     spec = cfg.data.aux["flair_lowres"]
-    assert isinstance(spec, AuxSpec)
-    assert spec.scale == [2, 2, 4]
+    assert isinstance(spec, AuxInput)
+    assert spec.scale == (2, 2, 4)
     assert spec.dropout == 0.25
     assert isinstance(spec.norm, ModalityNorm)
     assert spec.norm.kind == "ct"
-    assert spec.norm.clip == [-100.0, 300.0]
+    assert spec.norm.clip == (-100.0, 300.0)
     assert spec.norm.mean == 40.0 and isinstance(spec.norm.mean, float)
     assert cfg.data.labels == {0: "background", 1: "tumour"}
 

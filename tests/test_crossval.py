@@ -16,8 +16,8 @@ from segfuse.config import config_from_dict
 from segfuse.data.layouts import read_dataset
 from segfuse.data.splits import kfold_splits
 from segfuse.evaluation.crossval import compare_configurations, cv_summary, predict_validation
+from segfuse.factory import build_model
 from segfuse.io.checkpoint import save_checkpoint
-from segfuse.models.factory import build_model
 
 FOLDS = 2
 

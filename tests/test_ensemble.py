@@ -11,21 +11,23 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from test_predict import SHAPE, _config, _manifest, _write_case
+from helpers import SHAPE, predict_config, write_case, write_manifest
 
 from segfuse.cli import main
 from segfuse.config import config_from_dict
-from segfuse.inference.ensemble import Ensemble, expand_checkpoints
+from segfuse.factory import build_model
+from segfuse.inference.case import case_from_paths, predict_case
+from segfuse.inference.checkpoints import expand_checkpoints
+from segfuse.inference.model import Ensemble, load_model
 from segfuse.inference.options import set_inference_options
-from segfuse.inference.predict import case_from_paths, load_model, predict, predict_case
+from segfuse.inference.predict import predict
 from segfuse.io.checkpoint import save_checkpoint
 from segfuse.io.errors import SegfuseInputError
-from segfuse.models.factory import build_model
 from segfuse.models.net import FusionUNet
 
 
 def _save(path: Path, seed: int, raw: dict | None = None, **kwargs) -> Path:
-    cfg = config_from_dict(raw or _config(**kwargs))
+    cfg = config_from_dict(raw or predict_config(**kwargs))
     torch.manual_seed(seed)
     net = build_model(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -40,7 +42,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def case(tmp_path_factory):
-    t1, flair = _write_case(tmp_path_factory.mktemp("case"), "c0", 0)
+    t1, flair = write_case(tmp_path_factory.mktemp("case"), "c0", 0)
     return case_from_paths(t1, {"flair": flair})
 
 
@@ -76,17 +78,17 @@ def test_an_ensemble_averages_its_members_probabilities(models, case, tmp_path: 
 
 
 def test_checkpoints_that_differ_in_inputs_or_labels_are_refused_by_name(models, tmp_path: Path) -> None:
-    raw = _config()
+    raw = predict_config()
     raw["data"]["labels"] = {0: "background", 1: "foreground", 2: "edge"}
     three = _save(tmp_path / "three_classes.pt", 0, raw)
     with pytest.raises(SegfuseInputError, match=rf"{models['a']}.*{three}.*labels \(data\.labels\) differ"):
         load_model([models["a"], three])
-    raw = _config()
+    raw = predict_config()
     raw["data"]["aux"]["flair"]["scale"] = [2, 2, 2]
     scale = _save(tmp_path / "scale.pt", 0, raw)
     with pytest.raises(SegfuseInputError, match=r"scale.pt: their auxiliaries and scales"):
         load_model([models["a"], scale])
-    raw = _config()
+    raw = predict_config()
     raw["data"]["target_spacing"] = [1.0, 1.0, 1.0]
     spacing = _save(tmp_path / "spacing.pt", 0, raw)
     with pytest.raises(SegfuseInputError, match=r"preprocessing.*differ"):
@@ -112,7 +114,7 @@ def test_a_folder_of_fold_runs_means_each_folds_last_weights(models, tmp_path: P
 
 @pytest.mark.slow
 def test_cli_ensemble_over_a_dataset_records_every_checkpoint_and_resumes(models, tmp_path: Path, capsys) -> None:
-    manifest = _manifest(tmp_path / "data", ["a", "b"])
+    manifest = write_manifest(tmp_path / "data", ["a", "b"])
     args = ["predict", "--checkpoint", str(models["a"]), "--checkpoint", str(models["b"]), "--dataset", str(manifest),
             "--out", str(tmp_path / "o"), "--device", "cpu", "--no-progress"]
     assert main(args) == 0
@@ -173,7 +175,7 @@ def test_roi_overlap_and_batch_size_options_shape_the_windows(models, case, tmp_
 
 
 def test_no_mirror_overrides_the_checkpoints_mirror_axes(case, tmp_path: Path) -> None:
-    raw = _config()
+    raw = predict_config()
     raw["inference"] = {"mirror_axes": [0, 1, 2]}
     mirrored = _save(tmp_path / "mirrored.pt", 0, raw)
     plain = _cli_predict(mirrored, case, tmp_path / "p.nii.gz", "--no-mirror")

@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import random_checkpoint
 
 from segfuse.cli import main
 from segfuse.config import config_from_dict
+from segfuse.factory import build_model
 from segfuse.inference.export import EXPORT_FORMATS, METADATA_NAME, export_model
-from segfuse.inference.predict import load_model
+from segfuse.inference.model import load_model
 from segfuse.io.checkpoint import save_checkpoint
 from segfuse.io.errors import SegfuseInputError
-from segfuse.models.factory import build_model
 
 pytestmark = [
     pytest.mark.slow,  # each export traces the network (seconds)
@@ -23,34 +24,10 @@ pytestmark = [
 ]
 
 
-def _checkpoint(path: Path, dropout: float = 0.0, mode: str = "3d", **model) -> Path:
-    """A tiny random network with a 2 x 2 x 4 auxiliary 'flair' (as in test_predict.py)."""
-    cfg = config_from_dict(
-        {
-            "data": {
-                "aux": {"flair": {"scale": [2, 2, 4], "dropout": dropout}},
-                "labels": {0: "background", 1: "foreground"},
-            },
-            "model": {
-                "mode": mode,
-                "encoder_depth": 3,
-                "widen_factor": 0.25,
-                "stem_kernel": 3,
-                "decoder_channels": [16, 8, 8],
-                **model,
-            },
-            "training": {"patch_size": [16, 16, 8] if mode == "3d" else [16, 16]},
-        }
-    )
-    torch.manual_seed(0)
-    net = build_model(cfg)
-    return save_checkpoint({"model": net.state_dict(), "config": cfg.to_dict(), "in_channels": 1}, path)
-
-
 @pytest.fixture(scope="module")
 def ckpt_dropout(tmp_path_factory) -> Path:
     """A 3D model with a 2 x 2 x 4 auxiliary, trained (here: built) with modality dropout."""
-    return _checkpoint(tmp_path_factory.mktemp("export") / "model.pt", dropout=0.3)
+    return random_checkpoint(tmp_path_factory.mktemp("export") / "model.pt", dropout=0.3)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +109,7 @@ def test_metadata_holds_what_prediction_needs(exports: dict[str, Path], ckpt_dro
 
 
 def test_2d_model_exports_with_context_slices(tmp_path: Path) -> None:
-    ckpt = _checkpoint(tmp_path / "m2d.pt", mode="2d", context_slices=1)
+    ckpt = random_checkpoint(tmp_path / "m2d.pt", mode="2d", context_slices=1)
     result = export_model(ckpt, tmp_path / "out", fmt="exported-program")
     meta = result.metadata
     assert meta["network"]["in_channels"] == 3 and meta["inputs"][1]["shape"] == ["batch", 1, "x/2", "y/2"]

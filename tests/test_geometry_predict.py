@@ -16,9 +16,10 @@ import pytest
 import torch
 
 from segfuse.config import config_from_dict
-from segfuse.inference.predict import case_from_paths, load_model, model_from_config, predict_case
+from segfuse.factory import build_model
+from segfuse.inference.case import case_from_paths, predict_case
+from segfuse.inference.model import load_model, model_from_config
 from segfuse.io.checkpoint import save_checkpoint
-from segfuse.models.factory import build_model
 
 SHAPE = (16, 24, 8)
 SPACING = (1.0, 0.8, 2.5)

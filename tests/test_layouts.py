@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import yaml
 
-from segfuse.data.layouts import Case, ImageRef, read_dataset, split_cases
+from segfuse.data.cases import Case, ImageRef
+from segfuse.data.layouts import read_dataset, split_cases
 from segfuse.io.errors import SegfuseInputError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]

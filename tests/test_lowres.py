@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from segfuse.cli import main
-from segfuse.data.layouts import ImageRef
+from segfuse.data.cases import ImageRef
 from segfuse.data.lowres import anti_alias_sigma, simulate_low_resolution, simulate_low_resolution_array
 from segfuse.data.preprocess import load_aux
 from segfuse.io.geometry import aux_grid, same_grid
@@ -102,7 +102,7 @@ def test_written_copy_lies_on_the_aux_grid_of_its_source(tmp_path: Path, oblique
     for code in ("sform_code", "qform_code"):  # the copy claims what its source claimed, no more
         assert int(header[code]) == int(source_header[code])
     # through preprocessing (canonical primary grid): equal to the canonical reorientation of the copy
-    from segfuse.data.preprocess import to_canonical
+    from segfuse.io.geometry import to_canonical
 
     primary, primary_affine = to_canonical(np.zeros((1, *shape), np.float32), oblique_affine)
     array = load_aux("t2", ImageRef(out), (2, 2, 4), primary_affine, primary.shape[1:])

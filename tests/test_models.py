@@ -10,11 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from segfuse import AuxInput, FusionUNet
+from segfuse.auxiliary import FUSION_MODES, MAPPER_KINDS
+from segfuse.factory import load_pretrained
 from segfuse.models.convolution import CHANNEL_ALIGNMENT, conv_over_parts, pointwise_conv
 from segfuse.models.decoder import UNetDecoder
 from segfuse.models.encoders import ResNet18Encoder, adapt_first_conv
-from segfuse.models.fusion import FUSION_MODES, AuxAtLevel, LevelFusion
-from segfuse.models.mappers import MAPPER_KINDS
+from segfuse.models.fusion import AuxAtLevel, LevelFusion
 
 torch.manual_seed(0)
 
@@ -79,13 +80,13 @@ def test_pretrained_2d_weights_adapt_first_conv(tmp_path):
     path = tmp_path / "resnet18_imagenet.pth"
     torch.save(reference.state_dict(), path)
     enc = ResNet18Encoder(spatial_dims=2, in_channels=4, depth=5)
-    enc.load_pretrained(path)
+    load_pretrained(enc, path)
     rgb = reference.conv1.weight.detach()
     expected = rgb[:, [0, 1, 2, 0]] * (3 / 4)
     assert torch.allclose(enc.stem[0].weight, expected)
     assert torch.equal(enc.stages[0][0].conv1.weight, reference.layer1[0].conv1.weight)
     one = ResNet18Encoder(spatial_dims=2, in_channels=1, depth=5)
-    one.load_pretrained(path)
+    load_pretrained(one, path)
     assert torch.allclose(one.stem[0].weight, rgb.sum(1, keepdim=True))
 
 
@@ -97,9 +98,9 @@ def test_pretrained_weights_that_do_not_fit_raise_clear_error(tmp_path):
     state = {f"module.{k}": torch.zeros(3) for k in ["conv1.weight", "bn1.weight"]}
     torch.save(state, path)
     with pytest.raises(SegfuseInputError, match=r"wrong\.pth.*do not fit.*conv1\.weight"):
-        enc3d.load_pretrained(path)
+        load_pretrained(enc3d, path)
     with pytest.raises(SegfuseInputError, match="not found"):
-        enc3d.load_pretrained(tmp_path / "absent.pth")
+        load_pretrained(enc3d, tmp_path / "absent.pth")
 
 
 def test_pretrained_3d_medicalnet_style_round_trip(tmp_path):
@@ -108,7 +109,7 @@ def test_pretrained_3d_medicalnet_style_round_trip(tmp_path):
     path = tmp_path / "medicalnet.pth"
     torch.save({"state_dict": state}, path)
     target = ResNet18Encoder(spatial_dims=3, in_channels=2, depth=5, widen_factor=0.25)
-    target.load_pretrained(path)
+    load_pretrained(target, path)
     assert torch.allclose(target.stem[0].weight, adapt_first_conv(source.stem[0].weight, 2))
 
 

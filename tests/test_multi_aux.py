@@ -13,9 +13,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 
+from segfuse.auxiliary import lcm_of_scales
 from segfuse.config import AugmentConfig, config_from_dict
 from segfuse.data.layouts import read_dataset
-from segfuse.data.preprocess import PreparedCase, prepare_case, preprocessing_from_config, scales_lcm
+from segfuse.data.preprocess import PreparedCase, prepare_case, preprocessing_from_config
 from segfuse.data.regions import BRATS_REGIONS, labels_from_regions
 from segfuse.data.sampling import pad_case, sample_patch
 from segfuse.evaluation.ablate import ablate
@@ -156,7 +157,7 @@ def test_modality_dropout_is_drawn_independently_per_auxiliary():
 
 def test_regions_with_two_auxiliaries_train_predict_evaluate_and_ablate(manifest, tmp_path):
     cfg = config_from_dict(config(manifest, tmp_path))
-    assert scales_lcm({k: v.scale for k, v in cfg.data.aux.items()}) == (2, 2, 4)
+    assert lcm_of_scales({k: v.scale for k, v in cfg.data.aux.items()}) == (2, 2, 4)
     result = train(cfg, progress=False)
     last = result.history[-1]
     for name in BRATS_REGIONS:  # validation reports Dice per region

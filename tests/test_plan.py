@@ -16,10 +16,10 @@ import torch
 import yaml
 
 from segfuse.config import load_config
-from segfuse.data.plan import activation_memory, canonical_grid, plan_dataset, plan_patch
-from segfuse.data.preprocess import to_canonical
 from segfuse.io.errors import SegfuseInputError
-from segfuse.io.geometry import aux_grid, describe_affine
+from segfuse.io.geometry import aux_grid, canonical_grid, describe_affine, to_canonical
+from segfuse.training.memory import activation_memory, plan_patch
+from segfuse.training.plan import plan_dataset
 
 LABELS = {0: "background", 1: "edema", 2: "core"}
 
@@ -169,7 +169,7 @@ def test_plan_manifest_spacing_scale_overlap_and_yaml(tmp_path, manifest):
     cfg, report = plan_dataset(source, out=out, progress=False)
 
     np.testing.assert_allclose(cfg.data.target_spacing, [0.8, 0.8, 2.5])
-    assert cfg.data.aux["flair"].scale == [2, 2, 4]
+    assert cfg.data.aux["flair"].scale == (2, 2, 4)
     assert report.aux_scales["flair"] == AUX_SCALE_CANONICAL
     assert report.warnings == []
     assert [r.case_id for r in report.rows] == list(CASES)
@@ -212,7 +212,7 @@ def test_plan_msd_ct_statistics_and_2d(tmp_path):
     lo, hi = norm.clip
     assert 100.0 < lo < norm.mean < hi < 300.0  # foreground (label > 0) voxels, around 200
     assert 20.0 < norm.std < 40.0
-    assert cfg.data.aux["pet"].norm.kind == "mr" and cfg.data.aux["pet"].scale == [1, 1, 1]
+    assert cfg.data.aux["pet"].norm.kind == "mr" and cfg.data.aux["pet"].scale == (1, 1, 1)
     assert cfg.model.mode == "2d" and len(cfg.training.patch_size) == 2
     assert all(p % 16 == 0 for p in cfg.training.patch_size)
     assert report.rows[0].aux_overlap["pet"] == 1.0
@@ -220,9 +220,9 @@ def test_plan_msd_ct_statistics_and_2d(tmp_path):
 
 def test_rounding_warning_for_a_2_3x_auxiliary(tmp_path, caplog):
     source = _csv_manifest(tmp_path / "ds", aux_factor=2.3)
-    with caplog.at_level(logging.WARNING, logger="segfuse.data.plan"):
+    with caplog.at_level(logging.WARNING, logger="segfuse.data.fingerprint"):
         cfg, report = plan_dataset(source, progress=False)
-    assert cfg.data.aux["flair"].scale == [2, 2, 5]
+    assert cfg.data.aux["flair"].scale == (2, 2, 5)
     assert len(report.warnings) == 1
     assert "'flair'" in report.warnings[0] and "2.3 x 2.3 x 4.6" in report.warnings[0]
     assert "13%" in report.warnings[0]
@@ -340,7 +340,7 @@ def test_cli_plan_writes_the_file(tmp_path, capsys):
     code = main(["plan", str(source), "--out", str(out), "--aux", "flair", "--mode", "3d", "--memory-gb", "2"])
     assert code == 0
     cfg = load_config(out)
-    assert cfg.data.aux["flair"].scale == [2, 2, 4]
+    assert cfg.data.aux["flair"].scale == (2, 2, 4)
     assert activation_memory(cfg.training.patch_size, cfg.training.batch_size, cfg.model.encoder_depth) <= 2 * 2**30
     printed = capsys.readouterr().out
     assert "target spacing" in printed and str(out) in printed

@@ -9,83 +9,27 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-import torch
+from helpers import AFFINE, SHAPE, random_checkpoint, write_case, write_manifest
 
 import segfuse.io.image
 from segfuse.cli import main
-from segfuse.config import config_from_dict
-from segfuse.inference.predict import MANIFEST_NAME, case_from_paths, predict, predict_case
-from segfuse.io.checkpoint import save_checkpoint
+from segfuse.inference.case import case_from_paths, predict_case
+from segfuse.inference.predict import MANIFEST_NAME, predict
 from segfuse.io.errors import SegfuseInputError
-from segfuse.io.geometry import aux_grid
-from segfuse.models.factory import build_model
-
-SHAPE = (18, 16, 10)  # not a multiple of the 2x2x4 scale: the aux grid is ceil(SHAPE / scale)
-SCALE = (2, 2, 4)
-AFFINE = np.array([[-1.0, 0, 0, 10.0], [0, -1.2, 0, 5.0], [0, 0, 2.0, -8.0], [0, 0, 0, 1]])
-
-
-def _config(dropout: float = 0.0, mode: str = "3d", **model) -> dict:
-    return {
-        "data": {
-            "aux": {"flair": {"scale": list(SCALE), "dropout": dropout}},
-            "labels": {0: "background", 1: "foreground"},
-        },
-        "model": {
-            "mode": mode,
-            "encoder_depth": 3,
-            "widen_factor": 0.25,
-            "stem_kernel": 3,
-            "decoder_channels": [16, 8, 8],
-            **model,
-        },
-        "training": {"patch_size": [16, 16, 8] if mode == "3d" else [16, 16]},
-    }
-
-
-def _checkpoint(path: Path, dropout: float = 0.0, **kwargs) -> Path:
-    cfg = config_from_dict(_config(dropout, **kwargs))
-    torch.manual_seed(0)
-    net = build_model(cfg)
-    return save_checkpoint({"model": net.state_dict(), "config": cfg.to_dict(), "in_channels": 1}, path)
-
-
-def _write_case(folder: Path, name: str, seed: int) -> tuple[Path, Path]:
-    rng = np.random.default_rng(seed)
-    t1 = rng.normal(100.0, 20.0, SHAPE).astype(np.float32)
-    t1[4:12, 3:11, 2:7] += 120.0
-    folder.mkdir(parents=True, exist_ok=True)
-    t1_path = folder / f"{name}_t1.nii.gz"
-    nib.save(nib.Nifti1Image(t1, AFFINE), t1_path)
-    flair_affine, flair_shape = aux_grid(AFFINE, SHAPE, SCALE)
-    flair = rng.normal(50.0, 10.0, flair_shape).astype(np.float32)
-    flair_path = folder / f"{name}_flair.nii.gz"
-    nib.save(nib.Nifti1Image(flair, flair_affine), flair_path)
-    return t1_path, flair_path
-
-
-def _manifest(folder: Path, names: list[str]) -> Path:
-    lines = ["case_id,primary,flair"]
-    for i, name in enumerate(names):
-        t1, flair = _write_case(folder / "scans", name, i)
-        lines.append(f"{name},{t1.relative_to(folder)},{flair.relative_to(folder)}")
-    path = folder / "cases.csv"
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt")
 
 
 @pytest.fixture(scope="module")
 def ckpt_dropout(tmp_path_factory) -> Path:
-    return _checkpoint(tmp_path_factory.mktemp("ckpt") / "dropout.pt", dropout=0.3)
+    return random_checkpoint(tmp_path_factory.mktemp("ckpt") / "dropout.pt", dropout=0.3)
 
 
 def test_labels_probabilities_and_qc_on_the_input_grid(ckpt: Path, tmp_path: Path) -> None:
-    t1, flair = _write_case(tmp_path, "c0", 0)
+    t1, flair = write_case(tmp_path, "c0", 0)
     assert nib.load(flair).shape == (9, 8, 3)
     result = predict_case(
         ckpt,
@@ -109,8 +53,8 @@ def test_labels_probabilities_and_qc_on_the_input_grid(ckpt: Path, tmp_path: Pat
 
 
 def test_2d_model_with_context_slices_predicts_slice_by_slice(tmp_path: Path) -> None:
-    ckpt = _checkpoint(tmp_path / "m2d.pt", mode="2d", context_slices=1)
-    t1, flair = _write_case(tmp_path, "c0", 0)
+    ckpt = random_checkpoint(tmp_path / "m2d.pt", mode="2d", context_slices=1)
+    t1, flair = write_case(tmp_path, "c0", 0)
     result = predict_case(ckpt, case_from_paths(t1, {"flair": flair}), tmp_path / "seg.nii.gz", mirror=[0])
     seg = nib.load(result.label_path)
     assert seg.shape == SHAPE
@@ -118,15 +62,15 @@ def test_2d_model_with_context_slices_predicts_slice_by_slice(tmp_path: Path) ->
 
 
 def test_missing_aux_is_an_error_naming_it_without_dropout(ckpt: Path, tmp_path: Path) -> None:
-    t1, _ = _write_case(tmp_path, "c0", 0)
+    t1, _ = write_case(tmp_path, "c0", 0)
     with pytest.raises(SegfuseInputError, match=r"case 'c0_t1': auxiliary 'flair' is missing.*modality dropout"):
         predict_case(ckpt, case_from_paths(t1), tmp_path / "seg.nii.gz")
     assert not (tmp_path / "seg.nii.gz").exists()
 
 
 def test_missing_aux_is_a_warning_with_dropout(ckpt_dropout: Path, tmp_path: Path, caplog) -> None:
-    t1, _ = _write_case(tmp_path, "c0", 0)
-    with caplog.at_level(logging.WARNING, logger="segfuse.inference.predict"):
+    t1, _ = write_case(tmp_path, "c0", 0)
+    with caplog.at_level(logging.WARNING, logger="segfuse.inference.case"):
         result = predict_case(ckpt_dropout, case_from_paths(t1), tmp_path / "seg.nii.gz")
     assert result.missing_aux == ["flair"]
     assert "without auxiliary flair" in caplog.text
@@ -134,7 +78,7 @@ def test_missing_aux_is_a_warning_with_dropout(ckpt_dropout: Path, tmp_path: Pat
 
 
 def test_batch_goes_on_after_a_corrupt_case(ckpt: Path, tmp_path: Path, caplog) -> None:
-    manifest = _manifest(tmp_path, ["a", "b", "c"])
+    manifest = write_manifest(tmp_path, ["a", "b", "c"])
     (tmp_path / "scans" / "b_t1.nii.gz").write_bytes(b"\x1f\x8b not really a gzip stream")
     with caplog.at_level(logging.ERROR):
         result = predict(ckpt, manifest, tmp_path / "out", progress=False)
@@ -149,7 +93,7 @@ def test_batch_goes_on_after_a_corrupt_case(ckpt: Path, tmp_path: Path, caplog) 
 
 
 def test_resume_skips_only_hashed_unchanged_outputs(ckpt: Path, tmp_path: Path) -> None:
-    manifest = _manifest(tmp_path, ["a", "b", "c"])
+    manifest = write_manifest(tmp_path, ["a", "b", "c"])
     out = tmp_path / "out"
     first = predict(ckpt, manifest, out, progress=False)
     assert first.ok and len(first.succeeded) == 3
@@ -178,7 +122,7 @@ def test_resume_skips_only_hashed_unchanged_outputs(ckpt: Path, tmp_path: Path) 
 
 
 def test_no_partial_file_after_a_failure_inside_the_write(ckpt: Path, tmp_path: Path, monkeypatch) -> None:
-    manifest = _manifest(tmp_path, ["a", "b"])
+    manifest = write_manifest(tmp_path, ["a", "b"])
     real_save = nib.save
 
     def failing_save(image, filename):
@@ -200,7 +144,7 @@ def test_no_partial_file_after_a_failure_inside_the_write(ckpt: Path, tmp_path: 
 
 
 def test_cli_round_trip(ckpt: Path, ckpt_dropout: Path, tmp_path: Path, capsys) -> None:
-    t1, flair = _write_case(tmp_path / "one", "c0", 0)
+    t1, flair = write_case(tmp_path / "one", "c0", 0)
     out = tmp_path / "one" / "seg.nrrd"
     code = main(
         [
@@ -231,7 +175,7 @@ def test_cli_round_trip(ckpt: Path, ckpt_dropout: Path, tmp_path: Path, capsys) 
     )
     assert "pet" in capsys.readouterr().err
 
-    manifest = _manifest(tmp_path / "many", ["a", "b", "c"])
+    manifest = write_manifest(tmp_path / "many", ["a", "b", "c"])
     (tmp_path / "many" / "scans" / "c_flair.nii.gz").write_bytes(b"garbage")
     code = main(
         ["predict", "--checkpoint", str(ckpt), "--dataset", str(manifest), "--out", str(tmp_path / "o"), "--qc"]

@@ -14,8 +14,9 @@ from test_training import make_dataset, tiny_config
 
 from segfuse.config import config_from_dict
 from segfuse.data.layouts import read_dataset
-from segfuse.inference.predict import load_model, model_from_config, predict_case
-from segfuse.models.factory import build_model
+from segfuse.factory import build_model
+from segfuse.inference.case import predict_case
+from segfuse.inference.model import load_model, model_from_config
 
 
 def _rss_mib() -> float:

@@ -21,13 +21,13 @@ import torch
 import segfuse.io.image
 from segfuse.cli import main
 from segfuse.config import config_from_dict
-from segfuse.data.layouts import Case, ImageRef
+from segfuse.data.cases import Case, ImageRef
 from segfuse.data.prediction_inputs import read_for_prediction
+from segfuse.factory import build_model
 from segfuse.inference.pipeline import RUNNING_CASES, run_pipelined
 from segfuse.inference.predict import MANIFEST_NAME, predict
 from segfuse.io.checkpoint import load_checkpoint, save_checkpoint
 from segfuse.io.errors import SegfuseInputError
-from segfuse.models.factory import build_model
 from segfuse.training.loop import train
 
 SHAPE = (20, 18, 12)

@@ -14,26 +14,32 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from segfuse.auxiliary import ModalityNorm
 from segfuse.data import preprocess
-from segfuse.data.layouts import Case, ImageRef
+from segfuse.data.cases import Case, ImageRef
 from segfuse.data.preprocess import (
-    Normalisation,
     PreparedCase,
     Preprocessing,
     crop_to_nonzero,
-    from_canonical,
     normalise,
     prepare_case,
     resample,
+)
+from segfuse.io.errors import SegfuseInputError
+from segfuse.io.geometry import (
+    aux_grid,
+    axcodes,
+    describe_affine,
+    from_canonical,
+    overlap_fraction,
+    spacing_from_affine,
     spacing_grid,
     to_canonical,
 )
-from segfuse.io.errors import SegfuseInputError
-from segfuse.io.geometry import aux_grid, axcodes, describe_affine, overlap_fraction, spacing_from_affine
 
 SCALE = (2, 2, 4)
 SHAPE = (20, 16, 12)  # a multiple of SCALE: the flipped aux grid is the aux grid of the flipped primary
-IDENTITY = Normalisation(kind="ct", clip=None, mean=0.0, std=1.0)  # normalise() as a no-op
+IDENTITY = ModalityNorm(kind="ct", clip=None, mean=0.0, std=1.0)  # normalise() as a no-op
 
 
 def rot_z(degrees: float) -> np.ndarray:
@@ -158,8 +164,8 @@ def test_lps_case_gives_the_same_arrays_as_the_equivalent_ras_case(tmp_path, tar
     ras = write_case(tmp_path / "ras", RAS_OBLIQUE)
     lps = write_case(tmp_path / "lps", RAS_OBLIQUE, flip_axes=(0, 1))
     assert axcodes(nib.load(str(lps.primary.path)).affine) == ("L", "P", "S")
-    a = prepare_case(ras, spec(target_spacing, Normalisation()))
-    b = prepare_case(lps, spec(target_spacing, Normalisation()))
+    a = prepare_case(ras, spec(target_spacing, ModalityNorm()))
+    b = prepare_case(lps, spec(target_spacing, ModalityNorm()))
     np.testing.assert_allclose(a.affine, b.affine, atol=1e-6)
     np.testing.assert_allclose(a.primary, b.primary, atol=1e-5)
     np.testing.assert_allclose(a.aux["flair"], b.aux["flair"], atol=1e-5)
@@ -182,8 +188,8 @@ def test_lps_aux_already_on_the_edge_aligned_grid_is_not_resampled(tmp_path, mon
     # and it is the block average of the prepared primary, voxel for voxel
     np.testing.assert_allclose(prepared.aux["flair"], block_average(prepared.primary, SCALE), atol=1e-5)
     # after MR normalisation the same data give the same values as normalising the stored array
-    mr = prepare_case(case, spec(norm=Normalisation()))
-    np.testing.assert_array_equal(mr.aux["flair"], normalise(canon, Normalisation()))
+    mr = prepare_case(case, spec(norm=ModalityNorm()))
+    np.testing.assert_array_equal(mr.aux["flair"], normalise(canon, ModalityNorm()))
 
 
 def test_aux_on_another_grid_is_resampled_by_physical_coordinates(tmp_path):
@@ -304,7 +310,7 @@ def test_mr_normalisation_is_a_z_score_over_the_foreground():
     array = np.zeros((2, 20, 20, 10), np.float32)
     array[0, 4:16, 5:15, 2:8] = rng.normal(300.0, 40.0, (12, 10, 6))
     array[1, 2:10, 2:10, 1:5] = rng.gamma(4.0, 50.0, (8, 8, 4))
-    out = normalise(array, Normalisation(kind="mr"))
+    out = normalise(array, ModalityNorm(kind="mr"))
     for c in range(2):
         positive = array[c][array[c] > 0]
         mask = array[c] > preprocess.FOREGROUND_FRACTION * np.percentile(positive, 99)
@@ -318,7 +324,7 @@ def test_mr_normalisation_is_a_z_score_over_the_foreground():
 def test_ct_normalisation_clips_and_uses_the_dataset_statistics():
     values = np.array([-1000.0, -100.0, 0.0, 40.0, 120.0, 300.0, 2000.0], np.float32)
     array = values.reshape(1, 7, 1, 1)
-    out = normalise(array, Normalisation(kind="ct", clip=[-100.0, 300.0], mean=40.0, std=80.0))
+    out = normalise(array, ModalityNorm(kind="ct", clip=[-100.0, 300.0], mean=40.0, std=80.0))
     np.testing.assert_allclose(out.ravel(), (np.clip(values, -100, 300) - 40.0) / 80.0, rtol=1e-6)
 
 

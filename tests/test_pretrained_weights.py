@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from segfuse.factory import load_pretrained
 from segfuse.io.errors import SegfuseInputError
-from segfuse.models.encoders import ResNet18Encoder, adapt_first_conv, backbone_state_from_file
+from segfuse.io.pretrained import backbone_state_from_file
+from segfuse.models.encoders import ResNet18Encoder, adapt_first_conv
 
 
 def _torchvision_file(path: Path, *, counters: bool) -> dict[str, torch.Tensor]:
@@ -94,7 +96,7 @@ def test_torchvision_imagenet_file_loads_every_encoder_tensor(tmp_path: Path, co
     state = _torchvision_file(path, counters=counters)
     assert {"conv1.weight", "bn1.running_var", "layer1.0.conv1.weight", "fc.weight"} <= set(state)
     encoder = ResNet18Encoder(spatial_dims=2, in_channels=1, depth=5)
-    encoder.load_pretrained(path)
+    load_pretrained(encoder, path)
     # 17 convolutions + 3 shortcut convolutions, 20 batch norms of 4 tensors: 100 tensors, each compared
     assert _assert_all_loaded(encoder, state) == 100
     assert encoder.stem[0].weight.shape == (64, 1, 7, 7)
@@ -104,7 +106,7 @@ def test_torchvision_file_into_a_shallow_encoder_uses_the_stages_it_has(tmp_path
     path = tmp_path / "resnet18.pth"
     state = _torchvision_file(path, counters=False)
     encoder = ResNet18Encoder(spatial_dims=2, in_channels=3, depth=3)
-    encoder.load_pretrained(path)
+    load_pretrained(encoder, path)
     assert _assert_all_loaded(encoder, state) > 0
     assert torch.equal(encoder.stem[0].weight, state["conv1.weight"])
     assert torch.equal(encoder.stages[1][0].downsample[1].running_var, state["layer2.0.downsample.1.running_var"])
@@ -116,7 +118,7 @@ def test_medicalnet_file_loads_and_computes_what_medicalnet_computed(tmp_path: P
     path = tmp_path / "resnet_18.pth"
     torch.save({"state_dict": made["state_dict"]}, path)
     encoder = ResNet18Encoder(spatial_dims=3, in_channels=1, depth=5, widen_factor=0.25, stem_kernel=7)
-    encoder.load_pretrained(path)
+    load_pretrained(encoder, path)
     file_state = {k.removeprefix("module."): v for k, v in made["state_dict"].items()}
     assert _assert_all_loaded(encoder, file_state, skip=tuple(f"layer{i}.0.downsample" for i in (2, 3, 4))) > 0
     # The type-A shortcut (subsample, append zero channels) is reproduced exactly by the
@@ -144,7 +146,7 @@ def test_medicalnet_full_width_published_shapes(tmp_path: Path) -> None:
     path = tmp_path / "resnet_18.pth"
     torch.save({"state_dict": state}, path)
     encoder = ResNet18Encoder(spatial_dims=3, in_channels=2, depth=4, stem_kernel=7)
-    encoder.load_pretrained(path)
+    load_pretrained(encoder, path)
     file_state = {k.removeprefix("module."): v for k, v in state.items()}
     assert _assert_all_loaded(encoder, file_state, skip=("layer2.0.downsample", "layer3.0.downsample")) > 0
 
@@ -153,7 +155,7 @@ def test_unknown_layout_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "vit.pth"
     torch.save({"patch_embed.proj.weight": torch.zeros(8, 3, 16, 16), "blocks.0.attn.qkv.weight": torch.zeros(3)}, path)
     with pytest.raises(SegfuseInputError, match=r"vit\.pth: unknown weights layout.*patch_embed\.proj\.weight"):
-        ResNet18Encoder(spatial_dims=2, in_channels=1).load_pretrained(path)
+        load_pretrained(ResNet18Encoder(spatial_dims=2, in_channels=1), path)
     with pytest.raises(SegfuseInputError, match=r"unknown weights layout"):
         backbone_state_from_file(path)
 
@@ -162,7 +164,7 @@ def test_2d_file_into_3d_encoder_names_the_mismatch(tmp_path: Path) -> None:
     path = tmp_path / "resnet18.pth"
     _torchvision_file(path, counters=False)
     with pytest.raises(SegfuseInputError, match=r"2D \(ImageNet/torchvision\).*this encoder is 3D"):
-        ResNet18Encoder(spatial_dims=3, in_channels=1, widen_factor=0.25).load_pretrained(path)
+        load_pretrained(ResNet18Encoder(spatial_dims=3, in_channels=1, widen_factor=0.25), path)
 
 
 def test_missing_encoder_tensor_is_listed_not_skipped(tmp_path: Path) -> None:
@@ -171,4 +173,4 @@ def test_missing_encoder_tensor_is_listed_not_skipped(tmp_path: Path) -> None:
     del state["layer3.1.bn2.running_var"]
     torch.save(state, path)
     with pytest.raises(SegfuseInputError, match=r"missing layer3\.1\.bn2\.running_var"):
-        ResNet18Encoder(spatial_dims=2, in_channels=1).load_pretrained(path)
+        load_pretrained(ResNet18Encoder(spatial_dims=2, in_channels=1), path)

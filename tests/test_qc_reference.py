@@ -12,10 +12,10 @@ from matplotlib.image import imread
 
 from segfuse.cli import main
 from segfuse.config import config_from_dict
+from segfuse.factory import build_model
 from segfuse.inference.predict import predict
 from segfuse.inference.qc import render_qc, save_qc_png
 from segfuse.io.checkpoint import save_checkpoint
-from segfuse.models.factory import build_model
 
 SHAPE = (24, 20, 10)
 

@@ -11,18 +11,16 @@ import torch
 from monai.losses import DiceCELoss
 
 from segfuse.cli import main
-from segfuse.config import config_from_dict
+from segfuse.config import check_regions, config_from_dict, paint_values
 from segfuse.data.regions import (
     BRATS_REGIONS,
-    check_regions,
     labels_from_regions,
-    paint_values,
     region_targets,
     regions_from_arguments,
 )
 from segfuse.evaluation.evaluate import evaluate
+from segfuse.factory import build_model
 from segfuse.io.errors import SegfuseInputError
-from segfuse.models.factory import build_model
 from segfuse.training.losses import ClassLoss, RegionLoss, build_loss, class_indices
 
 

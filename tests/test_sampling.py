@@ -7,8 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from segfuse.auxiliary import lcm_of_scales
 from segfuse.config import AugmentConfig
-from segfuse.data.preprocess import PreparedCase, scales_lcm
+from segfuse.data.preprocess import PreparedCase
 from segfuse.data.sampling import pad_case, sample_patch, window_start
 
 SHAPE = (32, 28, 24)  # multiples of every scale below, so the block averages are exact
@@ -42,7 +43,7 @@ SCALE_SETS = [
 @pytest.mark.parametrize("scales", SCALE_SETS, ids=["222", "224", "224+421"])
 @pytest.mark.parametrize("margin_steps", [0, 1])
 def test_aux_windows_are_exact_block_averages_of_the_primary_window(scales, margin_steps):
-    lcm = scales_lcm(scales)
+    lcm = lcm_of_scales(scales)
     margin = [margin_steps * m for m in lcm]
     case = make_case(scales)
     padded = pad_case(case, scales, PATCH, margin)
@@ -71,7 +72,7 @@ def test_aux_windows_are_exact_block_averages_of_the_primary_window(scales, marg
 
 @pytest.mark.parametrize("scales", SCALE_SETS, ids=["222", "224", "224+421"])
 def test_window_starts_are_multiples_of_the_lcm(scales):
-    lcm = scales_lcm(scales)
+    lcm = lcm_of_scales(scales)
     margin = list(lcm)
     padded = pad_case(make_case(scales), scales, PATCH, margin)
     window = [p + 2 * m for p, m in zip(PATCH, margin, strict=True)]
@@ -92,7 +93,7 @@ def test_pad_case_keeps_aux_aligned_for_any_shape():
     case = PreparedCase("c", primary, {"flair": aux}, None, np.eye(4))
     margin = [4, 4, 4]
     padded = pad_case(case, scales, (16, 16, 16), margin)
-    for n, k in zip(padded.primary.shape[1:], scales_lcm(scales), strict=True):
+    for n, k in zip(padded.primary.shape[1:], lcm_of_scales(scales), strict=True):
         assert n % k == 0
     assert padded.aux["flair"].shape[1:] == tuple(
         n // s for n, s in zip(padded.primary.shape[1:], (2, 2, 4), strict=True)
@@ -105,7 +106,7 @@ def test_pad_case_keeps_aux_aligned_for_any_shape():
 
 def test_foreground_oversampling_finds_a_tiny_foreground():
     scales = {"flair": (2, 2, 4)}
-    lcm = scales_lcm(scales)
+    lcm = lcm_of_scales(scales)
     margin = list(lcm)
     padded = pad_case(make_case(scales), scales, PATCH, margin)
     rng = np.random.default_rng(3)
@@ -141,7 +142,7 @@ def test_modality_dropout_and_missing_auxiliary():
 @pytest.mark.parametrize("foreground", [False, True])
 def test_2d_slices_and_their_aux_slice(context, foreground):
     scales = {"flair": (2, 2, 4)}
-    lcm = scales_lcm(scales)
+    lcm = lcm_of_scales(scales)
     patch2d = (16, 12)
     padded = pad_case(make_case(scales), scales, [*patch2d, lcm[2]], [0, 0, 0])
     rng = np.random.default_rng(5)

@@ -17,11 +17,11 @@ import yaml
 
 from segfuse.config import AugmentConfig, config_from_dict
 from segfuse.data.layouts import read_dataset
-from segfuse.data.preprocess import crop_to_nonzero, from_canonical, prepare_case, preprocessing_from_config
+from segfuse.data.preprocess import crop_to_nonzero, prepare_case, preprocessing_from_config
 from segfuse.data.sampling import PaddedArray, pad_case, sample_patch
 from segfuse.data.store import build_store, open_store, store_path
 from segfuse.io.errors import SegfuseInputError
-from segfuse.io.geometry import aux_grid
+from segfuse.io.geometry import aux_grid, from_canonical
 
 REPO = Path(__file__).resolve().parents[1]
 SCALES = {"flair": (2, 2, 4), "t2": (1, 1, 2)}

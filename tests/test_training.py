@@ -9,69 +9,21 @@ import sys
 import textwrap
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import make_dataset, tiny_config
 
+from segfuse.auxiliary import lcm_of_scales
 from segfuse.config import config_from_dict, load_config
-from segfuse.data.preprocess import scales_lcm
 from segfuse.io.checkpoint import load_checkpoint
 from segfuse.io.errors import SegfuseInputError
-from segfuse.io.geometry import aux_grid
 from segfuse.training import loop
 from segfuse.training.loop import train
 from segfuse.training.prefetch import iteration_rng
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def make_dataset(root: Path, n_cases: int = 5, shape=(24, 24, 16)) -> Path:
-    """A tiny manifest dataset: LPS anisotropic primary, a 2×2×4 auxiliary, a sphere label."""
-    rng = np.random.default_rng(0)
-    affine = np.diag([-0.9, -0.9, 2.0, 1.0])
-    affine[:3, 3] = [10.0, 20.0, -5.0]
-    aux_affine, aux_shape = aux_grid(affine, shape, (2, 2, 4))
-    cases = []
-    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"))
-    for i in range(n_cases):
-        centre = np.array(shape) / 2 + rng.uniform(-3, 3, 3)
-        label = (np.linalg.norm((grid - centre[:, None, None, None]) * [[[[1]]], [[[1]]], [[[2]]]], axis=0) < 5)
-        image = 100 + 50 * label + rng.normal(0, 5, shape)
-        flair = np.zeros(aux_shape, np.float32)
-        pooled = torch.nn.functional.avg_pool3d(
-            torch.tensor(image[None, None] + 80 * label[None, None], dtype=torch.float32), (2, 2, 4), ceil_mode=True
-        )[0, 0].numpy()
-        flair[:] = pooled
-        case = root / f"case{i}"
-        case.mkdir(parents=True)
-        nib.save(nib.Nifti1Image(image.astype(np.float32), affine), case / "t1.nii.gz")
-        nib.save(nib.Nifti1Image(flair, aux_affine), case / "flair.nii.gz")
-        nib.save(nib.Nifti1Image(label.astype(np.float32), affine), case / "seg.nii.gz")
-        cases.append({"case_id": f"case{i}", "primary": f"case{i}/t1.nii.gz", "label": f"case{i}/seg.nii.gz",
-                      "aux": {"flair": f"case{i}/flair.nii.gz"}})
-    manifest = root / "manifest.yaml"
-    manifest.write_text(yaml.safe_dump({"labels": {0: "background", 1: "lesion"}, "primary_name": "t1",
-                                        "cases": cases}))
-    return manifest
-
-
-def tiny_config(manifest: Path, out: Path, **training) -> dict:
-    return {
-        "experiment": {"name": "tiny", "output_dir": str(out), "seed": 3, "deterministic": True},
-        "data": {
-            "dataset": str(manifest),
-            "aux": {"flair": {"scale": [2, 2, 4], "mapper": "conv", "features": 4, "dropout": 0.3}},
-            "val_fraction": 0.4,
-            "target_spacing": None,
-        },
-        "model": {"encoder_depth": 3, "widen_factor": 0.25, "stem_kernel": 3, "norm": "instance",
-                  "decoder_channels": [16, 8, 8], "deep_supervision": True},
-        "training": {"patch_size": [16, 16, 16], "batch_size": 2, "iterations": 6, "iterations_per_epoch": 2,
-                     "lr": 0.01, "warmup_iterations": 2, "num_threads": 1, **training},
-        "inference": {"roi_size": [16, 16, 16], "overlap": 0.25},
-    }
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +146,7 @@ def test_batches_differ_between_iterations(manifest):
     cfg = config_from_dict(tiny_config(manifest, manifest.parent / "unused"))
     train_cases, _, cfg = loop.load_cases(cfg, progress=False)
     scales = {k: tuple(v.scale) for k, v in cfg.data.aux.items()}
-    margin = loop._margin(cfg, scales_lcm(scales))
+    margin = loop._margin(cfg, lcm_of_scales(scales))
     padded = [c.padded(scales, cfg.training.patch_size, margin) for c in train_cases]
     x0 = loop._batch(padded, cfg, iteration_rng(3, 0, 0), margin, pin=False)[0]
     x1 = loop._batch(padded, cfg, iteration_rng(3, 0, 1), margin, pin=False)[0]

@@ -12,7 +12,8 @@ import torch
 
 from segfuse.cli import main
 from segfuse.config import config_from_dict
-from segfuse.inference.predict import case_from_paths, predict_case
+from segfuse.factory import build_model
+from segfuse.inference.case import case_from_paths, predict_case
 from segfuse.io.checkpoint import save_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.image import Volume, read_image
@@ -25,7 +26,6 @@ from segfuse.io.label_tables import (
     write_label_tables,
 )
 from segfuse.io.segmentation_nrrd import read_slicer_segmentation, write_slicer_segmentation
-from segfuse.models.factory import build_model
 
 LABELS = {0: "background", 1: "left hippocampus", 2: "Posterior"}
 SHAPE = (20, 18, 12)

@@ -10,7 +10,8 @@ import torch
 from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
 
-from segfuse.inference.windows import lcm_of_scales, sliding_window_multires, window_starts
+from segfuse.auxiliary import lcm_of_scales
+from segfuse.inference.windows import sliding_window_multires, window_starts
 from segfuse.io.errors import SegfuseInputError
 
 

@@ -160,11 +160,10 @@ def augment_sample(
     primary = augment_intensity(apply_spatial(primary, params, ones, out_size, "bilinear"), rng, cfg)
     label = apply_spatial(label, params, ones, out_size, "nearest")
     out_aux: dict[str, np.ndarray | None] = {}
-    for name, array in aux.items():
-        if array is None:
-            out_aux[name] = None
-            continue
+    for name, array in aux.items():  # in order: the intensity draws come from one generator
         s = scales[name]
         size = [o // si for o, si in zip(out_size, s, strict=True)]
-        out_aux[name] = augment_intensity(apply_spatial(array, params, s, size, "bilinear"), rng, cfg)
+        out_aux[name] = None if array is None else augment_intensity(
+            apply_spatial(array, params, s, size, "bilinear"), rng, cfg
+        )
     return primary, out_aux, label

@@ -14,9 +14,9 @@ Example:
 
 from __future__ import annotations
 
-from segfuse.config import Config
+from segfuse.config import DEFAULT_FOLDS, Config
 from segfuse.data.layouts import read_dataset, split_cases
-from segfuse.data.splits import DEFAULT_FOLDS, kfold_splits
+from segfuse.data.splits import kfold_splits
 from segfuse.io.errors import SegfuseInputError
 
 __all__ = ["check_config"]

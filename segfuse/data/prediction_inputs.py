@@ -12,7 +12,7 @@ Test data rarely uses those names:
   :func:`~segfuse.data.layouts.read_dataset` reads it for training, its
   modalities selected by the model's names;
 * an **images folder** (an MSD or nnU-Net ``imagesTs``, or a plain folder): see
-  :func:`segfuse.data.layouts._read_image_folder`. Plain ``{case}_{XXXX}``
+  :func:`segfuse.data.layout_readers._read_image_folder`. Plain ``{case}_{XXXX}``
   files are named by the channel order the model was trained with
   (``cfg.data.modalities``, recorded by ``train``; for older checkpoints
   ``[primary, *aux]``). Auxiliaries the folder does not hold are left out: the
@@ -32,7 +32,8 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from segfuse.data.layouts import Dataset, read_dataset
+from segfuse.data.cases import Dataset
+from segfuse.data.layouts import read_dataset
 from segfuse.io.errors import SegfuseInputError
 
 __all__ = ["read_for_prediction"]
@@ -87,7 +88,7 @@ def read_for_prediction(
             (``cfg.data.modalities``); ``None``: ``[primary, *aux]``.
 
     Returns:
-        The :class:`~segfuse.data.layouts.Dataset`; ``primary_name`` is ``primary`` and each
+        The :class:`~segfuse.data.cases.Dataset`; ``primary_name`` is ``primary`` and each
         case's ``aux`` holds only the model's auxiliaries it has.
 
     Raises:

@@ -20,18 +20,26 @@ affines (physical space), not array indices.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-import nibabel as nib
 import numpy as np
 import torch
 
+from segfuse.auxiliary import ModalityNorm, aux_scales, lcm_of_scales
+from segfuse.config import Config
+from segfuse.data.cases import Case, ImageRef
 from segfuse.data.labels import validate_label_array
-from segfuse.data.layouts import Case, ImageRef
 from segfuse.io.errors import SegfuseInputError
-from segfuse.io.geometry import aux_grid, describe_affine, overlap_fraction, same_grid, spacing_from_affine
+from segfuse.io.geometry import (
+    aux_grid,
+    describe_affine,
+    overlap_fraction,
+    same_grid,
+    spacing_from_affine,
+    spacing_grid,
+    to_canonical,
+)
 from segfuse.io.image import Volume, read_image
 
 MIN_AUX_OVERLAP = 0.5
@@ -39,23 +47,13 @@ FOREGROUND_FRACTION = 0.05
 
 
 @dataclass
-class Normalisation:
-    """Intensity normalisation of one input (see :class:`segfuse.config.ModalityNorm`)."""
-
-    kind: str = "mr"
-    clip: Sequence[float] | None = None
-    mean: float | None = None
-    std: float | None = None
-
-
-@dataclass
 class Preprocessing:
     """Everything that turns a case into arrays; saved inside every checkpoint (via the config)."""
 
     target_spacing: Sequence[float] | None
-    primary_norm: Normalisation
+    primary_norm: ModalityNorm
     aux_scales: Mapping[str, Sequence[int]] = field(default_factory=dict)
-    aux_norms: Mapping[str, Normalisation] = field(default_factory=dict)
+    aux_norms: Mapping[str, ModalityNorm] = field(default_factory=dict)
     labels: Sequence[int] = (0, 1)
 
 
@@ -86,7 +84,7 @@ class PreparedCase:
         return tuple(self.primary.shape[1:])
 
 
-# -- geometry helpers ------------------------------------------------------------------
+# -- reading, resampling, normalising ---------------------------------------------------
 
 
 def _channel(volume: Volume, ref: ImageRef) -> np.ndarray:
@@ -105,41 +103,6 @@ def _channel(volume: Volume, ref: ImageRef) -> np.ndarray:
     return np.asarray(array, dtype=np.float32)[None]
 
 
-def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Reorient ``array`` ``(C, X, Y, Z)`` to RAS by flips and axis permutations only (exact)."""
-    ornt = nib.orientations.io_orientation(affine)
-    target = nib.orientations.axcodes2ornt(("R", "A", "S"))
-    transform = nib.orientations.ornt_transform(ornt, target)
-    spatial = array.shape[1:]
-    out = np.stack([nib.orientations.apply_orientation(c, transform) for c in array])
-    new_affine = affine @ nib.orientations.inv_ornt_aff(transform, spatial)
-    return np.ascontiguousarray(out), new_affine
-
-
-def from_canonical(array: np.ndarray, canonical_affine: np.ndarray, source_affine: np.ndarray) -> np.ndarray:
-    """Invert :func:`to_canonical`: ``array`` ``(C, *canonical)`` back to the source axes."""
-    ornt_source = nib.orientations.io_orientation(source_affine)
-    ornt_canon = nib.orientations.io_orientation(canonical_affine)
-    transform = nib.orientations.ornt_transform(ornt_canon, ornt_source)
-    return np.ascontiguousarray(np.stack([nib.orientations.apply_orientation(c, transform) for c in array]))
-
-
-def spacing_grid(affine: np.ndarray, shape: Sequence[int], spacing: Sequence[float]) -> tuple[np.ndarray, tuple]:
-    """The grid with voxel size ``spacing`` covering the same box as ``(affine, shape)``.
-
-    The box's outer edge is kept: the new first voxel's edge sits on the old one's.
-    """
-    old = spacing_from_affine(affine)
-    new = np.asarray(spacing, dtype=float)
-    new_shape = tuple(max(1, round(n * o / s)) for n, o, s in zip(shape, old, new, strict=True))
-    direction = affine[:3, :3] / old
-    out = np.eye(4)
-    out[:3, :3] = direction * new
-    edge = affine[:3, :3] @ (-0.5 * np.ones(3)) + affine[:3, 3]
-    out[:3, 3] = edge + out[:3, :3] @ (0.5 * np.ones(3))
-    return out, new_shape
-
-
 def resample(
     array: np.ndarray, affine: np.ndarray, dst_affine: np.ndarray, dst_shape: Sequence[int], mode: str
 ) -> np.ndarray:
@@ -154,7 +117,7 @@ def resample(
     return np.asarray(out.detach().cpu().numpy(), dtype=np.float32)
 
 
-def normalise(array: np.ndarray, norm: Normalisation) -> np.ndarray:
+def normalise(array: np.ndarray, norm: ModalityNorm) -> np.ndarray:
     """Normalise ``(C, *spatial)`` per channel; see the module docstring."""
     out = np.empty_like(array, dtype=np.float32)
     for c, channel in enumerate(array):
@@ -233,18 +196,18 @@ def load_label(
     return label[0].astype(np.uint8)
 
 
-def prepare_case(case: Case, spec: Preprocessing, *, with_label: bool = True, aux_present: bool = True) -> PreparedCase:
+def prepare_case(case: Case, spec: Preprocessing, *, with_label: bool = True) -> PreparedCase:
     """Run the whole pipeline on ``case`` (see the module docstring)."""
     source, primary, affine = load_primary(case.primary, spec)
     shape = primary.shape[1:]
     aux: dict[str, np.ndarray | None] = {}
     for name, scale in spec.aux_scales.items():
         ref = case.aux.get(name)
-        if ref is None or not aux_present:
+        if ref is None:
             aux[name] = None
             continue
         array = load_aux(name, ref, scale, affine, shape)
-        aux[name] = normalise(array, spec.aux_norms.get(name, Normalisation()))
+        aux[name] = normalise(array, spec.aux_norms.get(name, ModalityNorm()))
     label = None
     if with_label and case.label is not None:
         label = load_label(case.label, source, spec.labels, affine, shape)
@@ -258,17 +221,12 @@ def prepare_case(case: Case, spec: Preprocessing, *, with_label: bool = True, au
     )
 
 
-def scales_lcm(scales: Mapping[str, Sequence[int]], ndim: int = 3) -> tuple[int, ...]:
-    """Per-axis least common multiple of all auxiliary scales (1 without auxiliaries)."""
-    return tuple(math.lcm(1, *[int(s[d]) for s in scales.values()]) for d in range(ndim))
-
-
 def crop_to_nonzero(case: PreparedCase, scales: Mapping[str, Sequence[int]], margin: int = 0) -> PreparedCase:
     """Crop to the primary's non-zero box, start and end on multiples of the scales' lcm.
 
     Keeps every auxiliary exactly aligned: the auxiliary is cropped at ``start / scale``.
     """
-    lcm = scales_lcm(scales)
+    lcm = lcm_of_scales(scales)
     nonzero = np.any(case.primary != 0, axis=0)
     if case.label is not None:
         nonzero |= case.label > 0
@@ -301,16 +259,12 @@ def crop_to_nonzero(case: PreparedCase, scales: Mapping[str, Sequence[int]], mar
     )
 
 
-def preprocessing_from_config(cfg) -> Preprocessing:
-    """The :class:`Preprocessing` a :class:`segfuse.config.Config` describes."""
-
-    def norm(n) -> Normalisation:
-        return Normalisation(kind=n.kind, clip=n.clip, mean=n.mean, std=n.std)
-
+def preprocessing_from_config(cfg: Config) -> Preprocessing:
+    """The :class:`Preprocessing` a :class:`segfuse.config.Config` describes (its auxiliaries' scales and norms)."""
     return Preprocessing(
         target_spacing=cfg.data.target_spacing,
-        primary_norm=norm(cfg.data.primary_norm),
-        aux_scales={name: tuple(spec.scale) for name, spec in cfg.data.aux.items()},
-        aux_norms={name: norm(spec.norm) for name, spec in cfg.data.aux.items()},
+        primary_norm=cfg.data.primary_norm,
+        aux_scales=aux_scales(cfg.data.aux),
+        aux_norms={name: spec.norm for name, spec in cfg.data.aux.items()},
         labels=sorted(cfg.data.labels) if cfg.data.labels else (0, 1),
     )

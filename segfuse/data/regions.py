@@ -14,37 +14,35 @@ Regions are an ordered mapping ``name → label values``, broadest first
 gets the label of the last (most specific) region whose probability is above
 0.5; each region paints its *own* label, the one value it holds that no later
 region holds (whole tumour paints 2, tumour core 1, enhancing tumour 4), so a
-region must own exactly one value (:func:`check_regions`).
+region must own exactly one value (:func:`segfuse.config.check_regions`, which the
+config runs on ``data.regions``; :func:`segfuse.config.paint_values` gives the values).
 
 Example:
     >>> regions = {"whole_tumour": [1, 2, 4], "tumour_core": [1, 4], "enhancing_tumour": [4]}
-    >>> paint_values(regions)
-    [2, 1, 4]
+    >>> labels_from_regions(np.array([[0.9], [0.8], [0.1]]), regions).tolist()
+    [1]
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
+from segfuse.config import Regions, check_regions, paint_values
 from segfuse.io.errors import SegfuseInputError
 
 __all__ = [
     "BRATS_REGIONS",
-    "check_regions",
     "labels_from_regions",
-    "paint_values",
     "region_masks",
     "region_targets",
     "regions_from_arguments",
 ]
-
-Regions = Mapping[str, Sequence[int]]
 
 #: The BraTS evaluation regions on BraTS's own label values (0, 1, 2, 4).
 BRATS_REGIONS: dict[str, list[int]] = {
@@ -54,69 +52,6 @@ BRATS_REGIONS: dict[str, list[int]] = {
 }
 
 THRESHOLD = 0.5
-
-
-def paint_values(regions: Regions) -> list[int]:
-    """The label each region paints: the one value it holds that no later region holds.
-
-    Raises:
-        SegfuseInputError: a region owns no value or several (it could not be
-            written back as one label).
-    """
-    names = list(regions)
-    values = []
-    for i, name in enumerate(names):
-        later = {int(v) for other in names[i + 1 :] for v in regions[other]}
-        own = sorted({int(v) for v in regions[name]} - later)
-        if len(own) != 1:
-            raise SegfuseInputError(
-                f"config key data.regions.{name}: a region must hold exactly one label value that no later region "
-                f"holds (the label it paints when written back), got {own or 'none'} from {list(regions[name])}; "
-                f"order the regions broadest first (regions: {dict(regions)})"
-            )
-        values.append(own[0])
-    return values
-
-
-def check_regions(regions: Regions, labels: Collection[int] | None = None, *, paintable: bool = True) -> None:
-    """Check ``regions``: non-empty, positive values, known labels, each paints one label.
-
-    Args:
-        regions: region name → label values, broadest first.
-        labels: the dataset's label values (``None``: not known yet, not checked).
-        paintable: also require that each region owns one label (:func:`paint_values`),
-            as training and prediction do; evaluation only scores the regions and does not.
-
-    Raises:
-        SegfuseInputError: naming the region and the values.
-    """
-    if not regions:
-        raise SegfuseInputError("config key data.regions: give at least one region, or null for per-class softmax")
-    for name, values in regions.items():
-        if not values:
-            raise SegfuseInputError(f"config key data.regions.{name}: a region needs at least one label value")
-        bad = [v for v in values if int(v) <= 0]
-        if bad:
-            raise SegfuseInputError(
-                f"config key data.regions.{name}: label values must be > 0 (0 is background), got {list(values)}"
-            )
-        if labels is not None:
-            unknown = sorted({int(v) for v in values} - {int(v) for v in labels})
-            if unknown:
-                raise SegfuseInputError(
-                    f"config key data.regions.{name}: label values {unknown} are not labels of the dataset "
-                    f"({sorted(int(v) for v in labels)})"
-                )
-    seen: dict[frozenset[int], str] = {}
-    for name, values in regions.items():
-        key = frozenset(int(v) for v in values)
-        if key in seen:
-            raise SegfuseInputError(
-                f"config key data.regions.{name}: holds the same labels {sorted(key)} as region {seen[key]!r}"
-            )
-        seen[key] = name
-    if paintable:
-        paint_values(regions)
 
 
 def region_targets(label: torch.Tensor, regions: Regions) -> torch.Tensor:

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from segfuse.auxiliary import lcm_of_scales
 from segfuse.data.augment import augment_sample
-from segfuse.data.preprocess import PreparedCase, scales_lcm
+from segfuse.data.preprocess import PreparedCase
 
 MAX_FOREGROUND_POINTS = 20_000
 
@@ -188,7 +189,7 @@ def padding(
 ) -> tuple[list[int], list[int]]:
     """Zeros ``(before, after)`` per axis: ``margin`` before; after, up to ``patch`` and a multiple of the lcm,
     plus ``margin``."""
-    lcm = scales_lcm(scales)
+    lcm = lcm_of_scales(scales)
     before = [int(m) for m in margin]
     after = []
     for n, p, m, step in zip(shape, patch, margin, lcm, strict=True):
@@ -310,7 +311,7 @@ def sample_patch(
     ``context`` neighbours on each side as channels, the auxiliary slice that
     contains it, and 2D patches.
     """
-    lcm = scales_lcm(scales)
+    lcm = lcm_of_scales(scales)
     if slice_axis is None:
         window = [p + 2 * m for p, m in zip(patch, margin, strict=True)]
         start = window_start(case, window, lcm, rng, foreground)

@@ -26,12 +26,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from segfuse.data.layouts import Case, read_dataset
+from segfuse.data.cases import Case
+from segfuse.data.layouts import read_dataset
 from segfuse.io.atomic import atomic_write_text
 from segfuse.io.errors import SegfuseInputError
 
 __all__ = [
-    "DEFAULT_FOLDS",
     "SPLITS_NAME",
     "dataset_fold",
     "fold_cases",
@@ -41,8 +41,6 @@ __all__ = [
     "write_splits",
 ]
 
-#: Folds used when ``--fold`` is given and ``data.folds`` is not set.
-DEFAULT_FOLDS = 5
 #: File name of the splits in a fold's run folder.
 SPLITS_NAME = "splits.json"
 

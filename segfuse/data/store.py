@@ -35,7 +35,6 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import json
 import logging
@@ -52,10 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
-from segfuse.data.layouts import Case
+from segfuse.data.cases import Case
 from segfuse.data.preprocess import (
     PreparedCase,
     Preprocessing,
@@ -66,6 +64,7 @@ from segfuse.data.preprocess import (
 from segfuse.data.sampling import PaddedCase, foreground_points, padded_view
 from segfuse.io.atomic import atomic_write_text
 from segfuse.io.errors import SegfuseInputError
+from segfuse.io.geometry import canonical_grid
 
 try:  # POSIX; elsewhere two builders of one store are not kept apart
     import fcntl
@@ -94,14 +93,14 @@ def store_settings(cfg) -> dict[str, Any]:
         "data.dataset": str(Path(d.dataset).resolve()),
         "data.primary": d.primary,
         "data.target_spacing": None if d.target_spacing is None else [float(v) for v in d.target_spacing],
-        "data.primary_norm": dataclasses.asdict(d.primary_norm),
+        "data.primary_norm": d.primary_norm.to_dict(),
         "data.labels": sorted(int(k) for k in d.labels) if d.labels else [0, 1],
         "data.crop_to_nonzero": bool(d.crop_to_nonzero),
         "data.aux": sorted(d.aux),
     }
     for name, spec in sorted(d.aux.items()):
         settings[f"data.aux.{name}.scale"] = [int(s) for s in spec.scale]
-        settings[f"data.aux.{name}.norm"] = dataclasses.asdict(spec.norm)
+        settings[f"data.aux.{name}.norm"] = spec.norm.to_dict()
     return settings
 
 
@@ -290,15 +289,6 @@ class StoreReport:
 # -- writing -------------------------------------------------------------------------------
 
 
-def _canonical_grid(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, list[int]]:
-    """Affine and shape of a grid after :func:`~segfuse.data.preprocess.to_canonical`."""
-    transform = nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt(("R", "A", "S"))
-    )
-    canon = affine @ nib.orientations.inv_ornt_aff(transform, tuple(shape))
-    return canon, [int(shape[int(i)]) for i in np.argsort(transform[:, 0])]
-
-
 def _save(folder: Path, name: str, array: np.ndarray) -> None:
     with open(folder / name, "wb") as handle:
         np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
@@ -351,7 +341,7 @@ def _write_case(job: _Job) -> dict[str, Any]:
                 _save(tmp, f"fg_{value}.npy", points.astype(np.int32))
                 foreground[str(value)] = len(points)
         src_shape = [int(n) for n in source.shape[:3]] + [1] * (3 - len(source.shape[:3]))
-        canon_affine, canon_shape = _canonical_grid(source.affine, src_shape)
+        canon_affine, canon_shape = canonical_grid(source.affine, src_shape)
         record = {
             "case_id": case.case_id,
             "digest": job.digest,
@@ -367,7 +357,7 @@ def _write_case(job: _Job) -> dict[str, Any]:
                 "source_affine": np.asarray(source.affine).tolist(),
                 "source_shape": [int(n) for n in source.shape],
                 "canonical_affine": canon_affine.tolist(),
-                "canonical_shape": canon_shape,
+                "canonical_shape": list(canon_shape),
                 "grid_affine": grid_affine.tolist(),
                 "grid_shape": grid_shape,
             },

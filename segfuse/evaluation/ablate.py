@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segfuse.data.layouts import Dataset, read_dataset
+from segfuse.data.cases import Dataset
+from segfuse.data.layouts import read_dataset
 from segfuse.evaluation.evaluate import EvaluationResult, evaluate
-from segfuse.inference.predict import LoadedModel, load_model, predict
+from segfuse.inference.model import LoadedModel, load_model
+from segfuse.inference.predict import predict
 from segfuse.io.atomic import atomic_write_text
 from segfuse.io.errors import SegfuseInputError
 

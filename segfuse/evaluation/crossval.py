@@ -40,8 +40,9 @@ import numpy as np
 from segfuse.config import Config, config_from_dict
 from segfuse.data.splits import dataset_fold
 from segfuse.evaluation.evaluate import EvaluationResult, evaluate
-from segfuse.inference.ensemble import fold_run_dirs
-from segfuse.inference.predict import BatchResult, load_model, predict
+from segfuse.inference.checkpoints import fold_run_dirs
+from segfuse.inference.model import load_model
+from segfuse.inference.predict import BatchResult, predict
 from segfuse.io.atomic import atomic_write_text
 from segfuse.io.checkpoint import load_checkpoint
 from segfuse.io.errors import SegfuseInputError

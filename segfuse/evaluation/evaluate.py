@@ -52,6 +52,7 @@ from segfuse.io.atomic import atomic_write, atomic_write_text
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.geometry import describe_affine, same_grid
 from segfuse.io.image import Volume, read_image
+from segfuse.io.label_tables import integer_labels
 
 __all__ = ["IMAGE_EXTENSIONS", "EvaluationResult", "evaluate"]
 
@@ -269,16 +270,7 @@ def _default_labels(pairs: Sequence[tuple[str, Path, Path]], progress: bool) -> 
 
 
 def _normalise_labels(labels: Mapping[int, str]) -> dict[int, str]:
-    out: dict[int, str] = {}
-    for key, name in labels.items():
-        try:
-            value = int(key)
-        except (TypeError, ValueError) as err:
-            raise SegfuseInputError(
-                f"labels: keys must be integer label values, got {key!r}"
-            ) from err
-        if value != 0:
-            out[value] = str(name)
+    out = {value: name for value, name in integer_labels(labels).items() if value != 0}
     names = list(out.values())
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
@@ -444,7 +436,7 @@ def evaluate(
     if labels is None and (recorded := labels_from_predictions(pred)) is not None:
         labels = recorded
     if regions is not None:
-        from segfuse.data.regions import check_regions
+        from segfuse.config import check_regions
 
         check_regions(regions, paintable=False)
         member_values = {int(v) for values in regions.values() for v in values}
@@ -519,7 +511,7 @@ def _write_qc(pairs: Sequence[tuple[str, Path, Path]], folder: Path, progress: b
 def reference_folder(cases, folder: Path) -> Path:
     """Copy each case's label file to ``folder/<case_id>.nii.gz`` (the layout ``evaluate`` matches on).
 
-    ``cases``: :class:`segfuse.data.layouts.Case` objects with NIfTI labels. Existing files are kept.
+    ``cases``: :class:`segfuse.data.cases.Case` objects with NIfTI labels. Existing files are kept.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

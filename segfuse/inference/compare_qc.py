@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from segfuse.data.layouts import Case
-from segfuse.data.preprocess import load_aux, to_canonical
+from segfuse.data.cases import Case
+from segfuse.data.preprocess import load_aux
 from segfuse.inference.qc import pick_slices
 from segfuse.io.atomic import atomic_write
 from segfuse.io.errors import SegfuseInputError
-from segfuse.io.geometry import describe_affine, same_grid
+from segfuse.io.geometry import describe_affine, same_grid, to_canonical
 from segfuse.io.image import read_image
 
 __all__ = ["save_comparison_png"]

@@ -17,7 +17,7 @@ reader's own checks apply.
 
 from __future__ import annotations
 
-from segfuse.data.layouts import Case, ImageRef
+from segfuse.data.cases import Case, ImageRef
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.headers import image_shape
 

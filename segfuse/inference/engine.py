@@ -11,12 +11,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from segfuse.auxiliary import aux_scales
 from segfuse.data.preprocess import PreparedCase
-from segfuse.inference.windows import sliding_window_multires
+from segfuse.inference.windows import Predictor, sliding_window_multires
 
 
-def _predictor(model: torch.nn.Module, amp: bool, sigmoid: bool = False):
-    """Probabilities of one window: softmax over classes, or a sigmoid per region (``sigmoid``)."""
+def window_predictor(model: torch.nn.Module, amp: bool, sigmoid: bool = False) -> Predictor:
+    """``predict(x, aux)``: probabilities of one batch of windows, softmax over classes or a sigmoid per region.
+
+    AMP (autocast) on CUDA only when ``amp``; the logits are taken to float32 first.
+    """
 
     def run(x: torch.Tensor, aux: dict[str, torch.Tensor | None]) -> torch.Tensor:
         with torch.autocast(device_type=x.device.type, enabled=amp and x.device.type == "cuda"):
@@ -34,7 +38,6 @@ def predict_prepared(
     *,
     device: str | torch.device = "cpu",
     mirror_axes: Sequence[int] | None = None,
-    drop_aux: Sequence[str] = (),
     progress: bool = False,
 ) -> torch.Tensor:
     """Class probabilities ``(K, *case.shape)`` (float32, CPU) for a prepared case.
@@ -47,14 +50,13 @@ def predict_prepared(
         cfg: the run :class:`segfuse.config.Config` (mode, roi, overlap, …).
         case: primary ``(C, X, Y, Z)`` and auxiliaries on their edge-aligned grids.
         mirror_axes: spatial axes for mirror test-time augmentation (``None``: config's).
-        drop_aux: auxiliaries to withhold (treated as missing).
         progress: a progress bar over the sliding-window batches (3D) or over the slices (2D).
     """
     device = torch.device(device)
     axes = [a for a in (cfg.inference.mirror_axes if mirror_axes is None else mirror_axes) if a < cfg.spatial_dims]
-    scales = {name: tuple(spec.scale) for name, spec in cfg.data.aux.items()}
-    aux_arrays = {name: (None if name in drop_aux else case.aux.get(name)) for name in scales}
-    predictor = _predictor(model, cfg.training.amp, sigmoid=bool(cfg.data.regions))
+    scales = aux_scales(cfg.data.aux)
+    aux_arrays = {name: case.aux.get(name) for name in scales}
+    predictor = window_predictor(model, cfg.training.amp, sigmoid=bool(cfg.data.regions))
     options = dict(
         overlap=cfg.inference.overlap,
         sw_batch_size=cfg.inference.sw_batch_size,

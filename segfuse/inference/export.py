@@ -60,8 +60,9 @@ import torch
 from torch import nn
 
 from segfuse import __version__
+from segfuse.auxiliary import ModalityNorm
 from segfuse.data.preprocess import FOREGROUND_FRACTION
-from segfuse.inference.predict import LoadedModel, load_model
+from segfuse.inference.model import LoadedModel, load_model
 from segfuse.io.atomic import atomic_write_text, file_sha256
 from segfuse.io.errors import SegfuseInputError
 
@@ -135,7 +136,7 @@ class ExportResult:
 # ------------------------------------------------------------------ metadata
 
 
-def _norm_dict(norm: Any) -> dict[str, Any]:
+def _norm_dict(norm: ModalityNorm) -> dict[str, Any]:
     kind = norm.kind
     if kind == "ct":
         how = (
@@ -147,7 +148,7 @@ def _norm_dict(norm: Any) -> dict[str, Any]:
             f"per case and channel: (x - mean) / std over the foreground, the voxels above "
             f"{FOREGROUND_FRACTION} x the 99th percentile of the positive voxels"
         )
-    return {"kind": kind, "clip": norm.clip, "mean": norm.mean, "std": norm.std, "how": how}
+    return {**norm.to_dict(), "how": how}
 
 
 def _io_names(model: LoadedModel) -> tuple[list[str], list[str]]:
@@ -180,8 +181,7 @@ def export_metadata(model: LoadedModel, fmt: str, *, example_shapes: Mapping[str
             + (f"; 2.5D: {2 * cfg.model.context_slices + 1} neighbouring slices as channels" if dims == 2 else ""),
         }
     ]
-    for a in net.cfg.aux:
-        spec = cfg.data.aux[a.name]
+    for a in net.cfg.aux:  # the auxiliaries' descriptions as the network has them (in-plane scales in 2D)
         scale = [int(s) for s in a.scale]
         shape = [f"{ax}/{s}" if s > 1 else ax for ax, s in zip(axes, scale, strict=True)]
         inputs.append(
@@ -199,10 +199,10 @@ def export_metadata(model: LoadedModel, fmt: str, *, example_shapes: Mapping[str
                 "name": a.name,
                 "input": f"aux_{a.name}",
                 "channels": a.channels,
-                "scale": [int(s) for s in spec.scale],
+                "scale": [int(s) for s in cfg.data.aux[a.name].scale],
                 "network_scale": scale,
-                "normalisation": _norm_dict(spec.norm),
-                "trained_dropout": float(spec.dropout),
+                "normalisation": _norm_dict(a.norm),
+                "trained_dropout": float(a.dropout),
             }
         )
     if model.allow_missing_aux:
@@ -452,7 +452,7 @@ def export_model(
 
     Args:
         checkpoint: a checkpoint file or run folder, a loaded checkpoint dict, or a
-            :class:`~segfuse.inference.predict.LoadedModel`.
+            :class:`~segfuse.inference.model.LoadedModel`.
         out_dir: output folder (created; files in it with the same names are replaced).
         fmt: ``"onnx"``, ``"torchscript"`` or ``"exported-program"``.
         opset: ONNX opset (default: torch's exporter's choice).

@@ -48,7 +48,7 @@ def write_label_tables_for(checkpoint: Any, folder: str | Path) -> dict[str, Pat
     """Write the ITK-SNAP and Slicer label tables of a checkpoint's classes into ``folder``.
 
     ``checkpoint``: a checkpoint file or run folder, a loaded checkpoint dict, a
-    :class:`~segfuse.inference.predict.LoadedModel`, or a list of those (the first
+    :class:`~segfuse.inference.model.LoadedModel`, or a list of those (the first
     names the classes).
     """
     if isinstance(checkpoint, list | tuple):

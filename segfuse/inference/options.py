@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from segfuse.inference.predict import LoadedModel
-from segfuse.inference.windows import lcm_of_scales
+from segfuse.auxiliary import aux_scales, lcm_of_scales
+from segfuse.inference.model import LoadedModel
 from segfuse.io.errors import SegfuseInputError
 
 __all__ = ["set_inference_options"]
@@ -32,7 +32,7 @@ def _check_roi(model: LoadedModel, roi: list[int]) -> None:
         raise SegfuseInputError(
             f"--roi {roi}: {where} is a {model.cfg.model.mode} model and needs {dims} positive sizes"
         )
-    scales = {name: tuple(spec.scale[:dims]) for name, spec in model.cfg.data.aux.items()}
+    scales = aux_scales(model.cfg.data.aux, dims)
     lcm = lcm_of_scales(scales, dims)
     if any(r % m for r, m in zip(roi, lcm, strict=True)):
         raise SegfuseInputError(

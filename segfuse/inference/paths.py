@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from segfuse.data.layouts import Case
+from segfuse.data.cases import Case
 from segfuse.io.errors import SegfuseInputError
 
 __all__ = ["case_id_problem", "case_inputs", "output_collisions", "refuse_overwriting_inputs"]

@@ -8,7 +8,7 @@ hashed. :func:`run_pipelined` overlaps the three::
     network (one case)    case k                             under a lock
     writer                case k-1: input grid, argmax, label/probability/QC files, SHA-256
 
-Every case still goes through :func:`segfuse.inference.predict.predict_case`, so
+Every case still goes through :func:`segfuse.inference.case.predict_case`, so
 outputs, their atomic all-or-nothing writing and its error messages are those of
 the sequential path: the pipeline hands it the case prepared in the background
 (its ``prepare``) and a lock that lets one case at a time run the network (its
@@ -46,7 +46,7 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPool
 from contextlib import AbstractContextManager
 from typing import TypeVar
 
-from segfuse.data.layouts import Case
+from segfuse.data.cases import Case
 from segfuse.data.preprocess import PreparedCase, Preprocessing, prepare_case
 
 __all__ = ["RUNNING_CASES", "prepare_ahead", "run_pipelined", "run_sequential"]
@@ -59,7 +59,7 @@ RUNNING_CASES = 2
 
 
 def prepare_ahead(case: Case, spec: Preprocessing, drop_aux: Collection[str] = ()) -> PreparedCase:
-    """``case`` prepared as :func:`~segfuse.inference.predict.predict_case` prepares it.
+    """``case`` prepared as :func:`~segfuse.inference.case.predict_case` prepares it.
 
     ``predict_case`` prepares the case left after its auxiliary check, which removes
     the ``drop_aux`` names and names the case lacks; :func:`prepare_case` skips absent

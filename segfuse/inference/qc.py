@@ -277,7 +277,7 @@ def save_label_comparison_png(
     expects); ``image`` (same grid), when given, is the background, else black.
     Used by ``segfuse evaluate --qc``.
     """
-    from segfuse.data.preprocess import to_canonical
+    from segfuse.io.geometry import to_canonical
 
     def canonical(array: np.ndarray) -> np.ndarray:
         array = np.asarray(array)

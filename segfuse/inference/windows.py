@@ -19,7 +19,6 @@ symmetrically (end padding keeps the origin, hence the aux alignment, intact).
 from __future__ import annotations
 
 import itertools
-import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -27,9 +26,10 @@ import torch.nn.functional as F
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from tqdm.auto import tqdm
 
+from segfuse.auxiliary import lcm_of_scales
 from segfuse.io.errors import SegfuseInputError
 
-__all__ = ["lcm_of_scales", "sliding_window_multires", "window_starts"]
+__all__ = ["sliding_window_multires", "window_starts"]
 
 Predictor = Callable[[torch.Tensor, dict[str, torch.Tensor | None]], torch.Tensor]
 
@@ -43,23 +43,6 @@ def _as_int_tuple(value: int | Sequence[int], ndim: int, name: str) -> tuple[int
     if len(values) != ndim or not all(isinstance(v, int) and v > 0 for v in values):
         raise SegfuseInputError(f"{name} must be {ndim} positive integers (one per spatial axis), got {value!r}")
     return values
-
-
-def lcm_of_scales(scales: Mapping[str, int | Sequence[int]], ndim: int) -> tuple[int, ...]:
-    """Per-axis least common multiple of all auxiliary scales.
-
-    Every window start and size that is a multiple of this lands on a whole
-    voxel of every auxiliary grid. Without auxiliaries it is ``(1,) * ndim``.
-
-    Example:
-        >>> lcm_of_scales({"flair": (2, 2, 4), "pet": (3, 3, 3)}, 3)
-        (6, 6, 12)
-    """
-    lcm = [1] * ndim
-    for name, scale in scales.items():
-        s = _as_int_tuple(scale, ndim, f"scale of auxiliary {name!r}")
-        lcm = [math.lcm(a, b) for a, b in zip(lcm, s, strict=True)]
-    return tuple(lcm)
 
 
 def _scan_interval(image_size: Sequence[int], roi_size: Sequence[int], overlap: float) -> list[int]:

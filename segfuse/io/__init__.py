@@ -11,6 +11,7 @@ from segfuse.io.atomic import (
     file_sha256,
 )
 from segfuse.io.errors import SegfuseInputError, SegfuseWriteError
+from segfuse.io.formats import READ_SUFFIXES, WRITE_SUFFIXES
 from segfuse.io.geometry import (
     aux_grid,
     axcodes,
@@ -21,8 +22,6 @@ from segfuse.io.geometry import (
     spacing_from_affine,
 )
 from segfuse.io.image import (
-    READ_SUFFIXES,
-    WRITE_SUFFIXES,
     Volume,
     read_image,
     smallest_label_dtype,

@@ -1,4 +1,4 @@
-"""Voxel-grid geometry: spacing, orientation, auxiliary grids and overlap checks.
+"""Voxel-grid geometry: spacing, orientation, the canonical (RAS) frame, auxiliary grids and overlap checks.
 
 All affines are 4x4 voxel index -> RAS millimetre matrices (nibabel's convention).
 Shapes are spatial shapes: ``(X, Y, Z)`` or ``(X, Y)`` (a 2D grid uses the first
@@ -15,11 +15,15 @@ import numpy as np
 __all__ = [
     "aux_grid",
     "axcodes",
+    "canonical_grid",
     "describe_affine",
+    "from_canonical",
     "overlap_fraction",
     "same_grid",
     "scale_between",
     "spacing_from_affine",
+    "spacing_grid",
+    "to_canonical",
 ]
 
 # Samples per axis used by overlap_fraction (at most; fewer for small grids).
@@ -59,6 +63,59 @@ def axcodes(affine: np.ndarray) -> tuple[str, ...]:
         ('L', 'P', 'S')
     """
     return tuple(str(code) for code in nib.aff2axcodes(_as_affine(affine)))
+
+
+# -- the canonical frame: flips and axis permutations to RAS, exact ------------------------
+
+
+def to_canonical(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Reorient ``array`` ``(C, X, Y, Z)`` to RAS by flips and axis permutations only (exact)."""
+    ornt = nib.orientations.io_orientation(affine)
+    target = nib.orientations.axcodes2ornt(("R", "A", "S"))
+    transform = nib.orientations.ornt_transform(ornt, target)
+    spatial = array.shape[1:]
+    out = np.stack([nib.orientations.apply_orientation(c, transform) for c in array])
+    new_affine = affine @ nib.orientations.inv_ornt_aff(transform, spatial)
+    return np.ascontiguousarray(out), new_affine
+
+
+def from_canonical(array: np.ndarray, canonical_affine: np.ndarray, source_affine: np.ndarray) -> np.ndarray:
+    """Invert :func:`to_canonical`: ``array`` ``(C, *canonical)`` back to the source axes."""
+    ornt_source = nib.orientations.io_orientation(source_affine)
+    ornt_canon = nib.orientations.io_orientation(canonical_affine)
+    transform = nib.orientations.ornt_transform(ornt_canon, ornt_source)
+    return np.ascontiguousarray(np.stack([nib.orientations.apply_orientation(c, transform) for c in array]))
+
+
+def canonical_grid(affine: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The grid :func:`to_canonical` gives, from geometry alone.
+
+    Example:
+        >>> canonical_grid(np.diag([-1.0, -1.0, 2.0, 1.0]), (4, 5, 6))[1]
+        (4, 5, 6)
+    """
+    ornt = nib.orientations.io_orientation(affine)
+    transform = nib.orientations.ornt_transform(ornt, nib.orientations.axcodes2ornt(("R", "A", "S")))
+    new_shape = [0] * len(shape)
+    for axis, (target, _) in enumerate(transform):
+        new_shape[int(target)] = int(shape[axis])
+    return affine @ nib.orientations.inv_ornt_aff(transform, tuple(shape)), tuple(new_shape)
+
+
+def spacing_grid(affine: np.ndarray, shape: Sequence[int], spacing: Sequence[float]) -> tuple[np.ndarray, tuple]:
+    """The grid with voxel size ``spacing`` covering the same box as ``(affine, shape)``.
+
+    The box's outer edge is kept: the new first voxel's edge sits on the old one's.
+    """
+    old = spacing_from_affine(affine)
+    new = np.asarray(spacing, dtype=float)
+    new_shape = tuple(max(1, round(n * o / s)) for n, o, s in zip(shape, old, new, strict=True))
+    direction = affine[:3, :3] / old
+    out = np.eye(4)
+    out[:3, :3] = direction * new
+    edge = affine[:3, :3] @ (-0.5 * np.ones(3)) + affine[:3, 3]
+    out[:3, 3] = edge + out[:3, :3] @ (0.5 * np.ones(3))
+    return out, new_shape
 
 
 def aux_grid(

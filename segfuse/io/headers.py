@@ -24,6 +24,7 @@ import nibabel as nib
 import numpy as np
 
 from segfuse.io.errors import SegfuseInputError
+from segfuse.io.formats import source_format_of
 
 __all__ = ["DataLayout", "image_shape", "nifti_layout", "read_layout", "read_nifti_header"]
 
@@ -283,8 +284,6 @@ def image_shape(path: str | Path) -> tuple[int, ...] | None:
         >>> image_shape("t1.nii.gz")  # doctest: +SKIP
         (240, 240, 155)
     """
-    from segfuse.io.image import source_format_of  # local: image imports this module
-
     path = Path(path)
     if path.is_dir() or not path.is_file():
         return None

@@ -26,28 +26,18 @@ from nibabel.spatialimages import HeaderDataError
 
 from segfuse.io.atomic import atomic_output_path
 from segfuse.io.errors import SegfuseInputError
+from segfuse.io.formats import NIFTI_SUFFIXES, READ_SUFFIXES, SITK_FORMATS, WRITE_SUFFIXES, file_suffix
 from segfuse.io.geometry import describe_affine, spacing_from_affine
 from segfuse.io.geometry_rules import check_voxel_sizes, trusted_nifti_geometry
 from segfuse.io.headers import nifti_layout, read_layout, read_nifti_header
 from segfuse.io.verify import verify_data
 
 __all__ = [
-    "NIFTI_SUFFIXES",
-    "READ_SUFFIXES",
-    "WRITE_SUFFIXES",
     "Volume",
     "read_image",
     "smallest_label_dtype",
-    "source_format_of",
     "write_image",
 ]
-
-NIFTI_SUFFIXES = (".nii.gz", ".nii")
-_SITK_FORMATS = {".nrrd": "nrrd", ".nhdr": "nrrd", ".mha": "metaimage", ".mhd": "metaimage"}
-READ_SUFFIXES = (*NIFTI_SUFFIXES, *_SITK_FORMATS)
-# Detached-header formats (.nhdr/.mhd) are not written: their data file would
-# keep the temporary name used for the atomic write.
-WRITE_SUFFIXES = (*NIFTI_SUFFIXES, ".nrrd", ".mha")
 
 # RAS <-> LPS: negate the first two world axes.
 _FLIP_LPS = np.diag([-1.0, -1.0, 1.0])
@@ -128,27 +118,6 @@ def smallest_label_dtype(max_label: int) -> np.dtype:
     if max_label <= np.iinfo(np.int32).max:
         return np.dtype(np.int32)
     raise ValueError(f"max_label {max_label} does not fit in int32")
-
-
-def _suffix(path: Path) -> str:
-    name = path.name.lower()
-    for suffix in READ_SUFFIXES:
-        if name.endswith(suffix):
-            return suffix
-    return path.suffix.lower()
-
-
-def source_format_of(path: str | os.PathLike[str]) -> str | None:
-    """``"nifti"``, ``"nrrd"`` or ``"metaimage"`` from a file name's extension, else ``None``.
-
-    Example:
-        >>> source_format_of("scan.nii.gz"), source_format_of("scan.mhd")
-        ('nifti', 'metaimage')
-    """
-    suffix = _suffix(Path(path))
-    if suffix in NIFTI_SUFFIXES:
-        return "nifti"
-    return _SITK_FORMATS.get(suffix)
 
 
 def _check_values_fit_float32(path: Path, array: np.ndarray) -> None:
@@ -319,11 +288,11 @@ def read_image(path: str | os.PathLike[str]) -> Volume:
     if path.is_dir():
         volume = _read_dicom_series(path)
     else:
-        suffix = _suffix(path)
+        suffix = file_suffix(path)
         if suffix in NIFTI_SUFFIXES:
             volume = _read_nifti(path)
-        elif suffix in _SITK_FORMATS:
-            volume = _read_sitk(path, _SITK_FORMATS[suffix])
+        elif suffix in SITK_FORMATS:
+            volume = _read_sitk(path, SITK_FORMATS[suffix])
         else:
             raise SegfuseInputError(
                 f"{path}: unsupported image extension {suffix or '(none)'!r}; supported: "
@@ -448,7 +417,7 @@ def write_image(
             f"{reference.shape} of {reference.path or 'the reference volume'}; expected "
             f"{reference.shape} or {reference.shape} + (channels,)"
         )
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     if suffix not in WRITE_SUFFIXES:
         raise SegfuseInputError(
             f"{path}: cannot write extension {suffix or '(none)'!r}; supported: "

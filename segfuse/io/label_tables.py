@@ -22,6 +22,7 @@ import re
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from segfuse.io.atomic import atomic_write_text
 from segfuse.io.errors import SegfuseInputError
@@ -30,6 +31,7 @@ __all__ = [
     "ITKSNAP_NAME",
     "PALETTE",
     "SLICER_NAME",
+    "integer_labels",
     "label_colour_hex",
     "label_colours",
     "read_itksnap_labels",
@@ -44,18 +46,9 @@ SLICER_NAME = "labels_slicer.ctbl"
 
 #: Foreground colours (RGB 0–255), in label order: ColorBrewer Set1, then Dark2.
 PALETTE: tuple[tuple[int, int, int], ...] = (
-    (228, 26, 28),
-    (77, 175, 74),
-    (55, 126, 184),
-    (255, 127, 0),
-    (152, 78, 163),
-    (255, 255, 51),
-    (166, 86, 40),
-    (247, 129, 191),
-    (27, 158, 119),
-    (217, 95, 2),
-    (117, 112, 179),
-    (231, 41, 138),
+    (228, 26, 28), (77, 175, 74), (55, 126, 184), (255, 127, 0),  # Set1
+    (152, 78, 163), (255, 255, 51), (166, 86, 40), (247, 129, 191),
+    (27, 158, 119), (217, 95, 2), (117, 112, 179), (231, 41, 138),  # Dark2
 )
 
 
@@ -80,16 +73,27 @@ def label_colour_hex(value: int) -> str:
     return f"#{r:02x}{g:02x}{b:02x}"
 
 
-def _checked(labels: Mapping[int, str]) -> dict[int, str]:
+def integer_labels(labels: Mapping[Any, Any]) -> dict[int, str]:
+    """``labels`` with integer keys and string names, in the given order.
+
+    Raises:
+        SegfuseInputError: a key that is not an integer label value, naming it.
+    """
     out: dict[int, str] = {}
     for key, name in labels.items():
         try:
             value = int(key)
         except (TypeError, ValueError) as err:
             raise SegfuseInputError(f"labels: keys must be integer label values, got {key!r}") from err
-        if value < 0:
-            raise SegfuseInputError(f"labels: label values must be >= 0, got {value}")
         out[value] = str(name)
+    return out
+
+
+def _checked(labels: Mapping[int, str]) -> dict[int, str]:
+    out = integer_labels(labels)
+    negative = [value for value in out if value < 0]
+    if negative:
+        raise SegfuseInputError(f"labels: label values must be >= 0, got {negative[0]}")
     out.setdefault(0, "background")
     return dict(sorted(out.items()))
 

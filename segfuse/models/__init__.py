@@ -1,6 +1,7 @@
-"""The fusion network: encoders, mappers, fusion, decoder and :class:`FusionUNet`."""
+"""The fusion network: encoders, mappers, fusion, decoder and :class:`FusionUNet` (tensors only)."""
 
-from segfuse.models.encoders import ResNet18Encoder, build_encoder
-from segfuse.models.net import AuxInput, FusionUNet, FusionUNetConfig
+from segfuse.auxiliary import AuxInput
+from segfuse.models.encoders import ResNet18Encoder
+from segfuse.models.net import FusionUNet, FusionUNetConfig
 
-__all__ = ["AuxInput", "FusionUNet", "FusionUNetConfig", "ResNet18Encoder", "build_encoder"]
+__all__ = ["AuxInput", "FusionUNet", "FusionUNetConfig", "ResNet18Encoder"]

@@ -19,17 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from segfuse.models.convolution import conv_over_parts
-from segfuse.models.mappers import _norm
-
-
-def conv_norm_act(spatial_dims: int, cin: int, cout: int, norm: str) -> nn.Sequential:
-    """3×3(×3) convolution, normalisation, ReLU."""
-    conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-    return nn.Sequential(
-        conv(cin, cout, kernel_size=3, padding=1, bias=False),
-        _norm(spatial_dims, norm, cout),
-        nn.ReLU(inplace=True),
-    )
+from segfuse.models.layers import conv_norm_act
 
 
 def _parts(feature: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:

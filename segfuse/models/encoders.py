@@ -7,7 +7,7 @@ first being the input itself (stride 1), and the encoder exposes
 each feature). The decoder is built from these two lists alone.
 
 Example:
-    >>> enc = build_encoder(spatial_dims=3, in_channels=1, depth=4)
+    >>> enc = ResNet18Encoder(spatial_dims=3, in_channels=1, depth=4)
     >>> [f.shape[1] for f in enc(torch.zeros(1, 1, 32, 32, 32))] == enc.out_channels
     True
 """
@@ -15,12 +15,9 @@ Example:
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 from torch import nn
-
-from segfuse.io.errors import SegfuseInputError
 
 RESNET18_WIDTHS = (64, 64, 128, 256, 512)
 
@@ -135,15 +132,13 @@ class ResNet18Encoder(nn.Module):
                     m.eval()
         return self
 
-    def load_pretrained(self, path: str | Path) -> None:
-        """Load ImageNet (2D, torchvision layout) or MedicalNet (3D) ResNet18 weights from a local file.
+    def load_backbone(self, source: dict[str, torch.Tensor], origin: str = "weights") -> None:
+        """Load ImageNet (2D, torchvision layout) or MedicalNet (3D) ResNet18 weights.
 
-        Accepted layouts (see :func:`backbone_state_from_file`): torchvision's
-        ``resnet18-*.pth`` (``conv1.weight``, ``bn1.*``, ``layer1.0.conv1.weight``,
-        …, ``fc.*``), MedicalNet's ``resnet_18*.pth`` (``{"state_dict": {"module.conv1.weight",
-        …, "module.conv_seg.*"}}``), and the same keys under ``encoder.``/``module.``
-        prefixes or a ``model`` wrapper. Classification and segmentation heads
-        (``fc.*``, ``conv_seg.*``) are ignored; every encoder tensor must be found.
+        ``source`` holds torchvision's key names (``conv1.weight``, ``bn1.*``,
+        ``layer1.0.conv1.weight``, …), as :func:`segfuse.io.pretrained.backbone_state_from_file`
+        reads them from the published files; ``origin`` names them in errors (the file).
+        Every encoder tensor must be found.
 
         Two gaps between the published files and this encoder are bridged exactly:
         BatchNorm's ``num_batches_tracked`` counters (absent from torchvision's
@@ -158,18 +153,14 @@ class ResNet18Encoder(nn.Module):
         (summed for a single channel), never re-initialised.
 
         Raises:
-            SegfuseInputError: the file is missing, unreadable, of an unknown layout
-                (its first keys listed), or its tensors do not fit this encoder
-                (names and shapes listed).
+            ValueError: the tensors do not fit this encoder (names and shapes listed).
         """
-        path = Path(path)
-        source = backbone_state_from_file(path)
         own = self._backbone_state_dict()
         first = source.get("conv1.weight")
         if first is not None and first.ndim in (4, 5) and first.ndim != own["conv1.weight"].ndim:
             kind = {4: "2D (ImageNet/torchvision)", 5: "3D (MedicalNet)"}.get(first.ndim, f"{first.ndim - 2}D")
-            raise SegfuseInputError(
-                f"{path}: the file holds {kind} ResNet18 weights (conv1.weight {tuple(first.shape)}), "
+            raise ValueError(
+                f"{origin}: the file holds {kind} ResNet18 weights (conv1.weight {tuple(first.shape)}), "
                 f"but this encoder is {self.spatial_dims}D; use ImageNet weights for model.mode 2d "
                 "and MedicalNet weights for 3d"
             )
@@ -195,8 +186,8 @@ class ResNet18Encoder(nn.Module):
         if problems:
             listed = "; ".join(problems[:10])
             more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
-            raise SegfuseInputError(
-                f"{path}: weights do not fit a {self.spatial_dims}D ResNet18 encoder "
+            raise ValueError(
+                f"{origin}: weights do not fit a {self.spatial_dims}D ResNet18 encoder "
                 f"(depth {self.depth}): {listed}{more}"
             )
         self._load_backbone_state_dict(loaded)
@@ -260,63 +251,6 @@ class ResNet18Encoder(nn.Module):
             module.load_state_dict(sub, strict=True)
 
 
-#: Key prefixes of the published files' heads, which an encoder does not use.
-HEAD_PREFIXES = ("fc.", "conv_seg.")
-
-#: Wrapper keys around a state dict (MedicalNet: ``state_dict``; many training scripts: ``model``).
-WRAPPER_KEYS = ("state_dict", "model")
-
-
-def backbone_state_from_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a local ResNet18 weights file into ``key → tensor`` with torchvision's key names.
-
-    Unwraps ``{"state_dict": ...}`` or ``{"model": ...}``, removes ``module.``
-    (DataParallel, as in MedicalNet's files) and ``encoder.`` prefixes, and drops
-    the heads (``fc.*``, ``conv_seg.*``). Read with ``weights_only=True``.
-
-    Raises:
-        SegfuseInputError: missing or unreadable file, or a layout without ResNet
-            keys (``conv1.weight``, ``layer1.*``): the message lists the file's first keys
-            and the layouts accepted.
-
-    Example:
-        >>> state = backbone_state_from_file("resnet18-f37072fd.pth")  # doctest: +SKIP
-        >>> state["conv1.weight"].shape  # doctest: +SKIP
-        torch.Size([64, 3, 7, 7])
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise SegfuseInputError(f"{path}: pretrained encoder weights not found")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for a bad pickle
-        raise SegfuseInputError(f"{path}: cannot read encoder weights: {exc}") from exc
-    for key in WRAPPER_KEYS:
-        if isinstance(raw, dict) and isinstance(raw.get(key), dict):
-            raw = raw[key]
-            break
-    if not isinstance(raw, dict):
-        raise SegfuseInputError(f"{path}: expected a state_dict, found {type(raw).__name__}")
-    state: dict[str, torch.Tensor] = {}
-    for key, value in raw.items():
-        if not isinstance(value, torch.Tensor):
-            continue
-        name = str(key)
-        for prefix in ("module.", "encoder.", "module."):
-            name = name.removeprefix(prefix)
-        if not name.startswith(HEAD_PREFIXES):
-            state[name] = value
-    if "conv1.weight" not in state and not any(k.startswith("layer1.") for k in state):
-        sample = ", ".join(list(map(str, raw))[:6]) or "none"
-        raise SegfuseInputError(
-            f"{path}: unknown weights layout: no ResNet keys (conv1.weight, layer1.*) after removing "
-            f"'module.'/'encoder.' prefixes; the file's first keys are: {sample}. Expected torchvision's "
-            "ImageNet resnet18 file (conv1.weight, bn1.*, layer1.0.conv1.weight, …, fc.*) or MedicalNet's "
-            "resnet_18.pth ({'state_dict': {'module.conv1.weight', …}})"
-        )
-    return state
-
-
 def adapt_first_conv(weight: torch.Tensor, new_in_channels: int) -> torch.Tensor:
     """Adapt a first-conv kernel ``(O, I, *k)`` to ``new_in_channels`` inputs.
 
@@ -329,28 +263,3 @@ def adapt_first_conv(weight: torch.Tensor, new_in_channels: int) -> torch.Tensor
         return weight.sum(dim=1, keepdim=True)
     index = torch.arange(new_in_channels) % in_channels
     return weight[:, index] * (in_channels / new_in_channels)
-
-
-def build_encoder(
-    *,
-    spatial_dims: int,
-    in_channels: int,
-    depth: int = 5,
-    widen_factor: float = 1.0,
-    stem_kernel: int = 7,
-    norm: str = "batch",
-    weights: str | Path | None = None,
-) -> ResNet18Encoder:
-    """Build the ResNet18 encoder and load optional local pretrained ``weights``."""
-    encoder = ResNet18Encoder(
-        spatial_dims=spatial_dims,
-        in_channels=in_channels,
-        depth=depth,
-        widen_factor=widen_factor,
-        stem_kernel=stem_kernel,
-        norm=norm,
-    )
-    if weights is not None:
-        encoder.load_pretrained(weights)
-    return encoder
-

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-FUSION_MODES = ("concat", "add", "gated")
+from segfuse.auxiliary import FUSION_MODES
+from segfuse.models.layers import conv_class
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,7 @@ class LevelFusion(nn.Module):
 
     def __init__(self, skip_channels: int, entries: Sequence[AuxAtLevel], spatial_dims: int):
         super().__init__()
-        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        conv = conv_class(spatial_dims)
         self.entries = list(entries)
         self.skip_channels = skip_channels
         self.projections = nn.ModuleDict()

@@ -15,19 +15,8 @@ from __future__ import annotations
 
 from torch import nn
 
-MAPPER_KINDS = ("linear", "mlp", "conv")
-
-
-def _conv(spatial_dims: int) -> type[nn.Conv2d] | type[nn.Conv3d]:
-    return nn.Conv3d if spatial_dims == 3 else nn.Conv2d
-
-
-def _norm(spatial_dims: int, norm: str, channels: int) -> nn.Module:
-    if norm == "instance":
-        cls = nn.InstanceNorm3d if spatial_dims == 3 else nn.InstanceNorm2d
-        return cls(channels, affine=True)
-    cls = nn.BatchNorm3d if spatial_dims == 3 else nn.BatchNorm2d
-    return cls(channels)
+from segfuse.auxiliary import MAPPER_KINDS
+from segfuse.models.layers import conv_class, conv_norm_act
 
 
 def build_mapper(
@@ -56,7 +45,7 @@ def build_mapper(
         >>> m(torch.zeros(2, 1, 4, 4, 2)).shape
         torch.Size([2, 8, 4, 4, 2])
     """
-    conv = _conv(spatial_dims)
+    conv = conv_class(spatial_dims)
     if kind == "linear":
         return conv(in_channels, features, kernel_size=1)
     if kind == "mlp":
@@ -71,11 +60,7 @@ def build_mapper(
         blocks: list[nn.Module] = []
         channels = in_channels
         for _ in range(layers):
-            blocks += [
-                conv(channels, features, kernel_size=3, padding=1, bias=False),
-                _norm(spatial_dims, norm, features),
-                nn.ReLU(inplace=True),
-            ]
+            blocks += conv_norm_act(spatial_dims, channels, features, norm)
             channels = features
         return nn.Sequential(*blocks)
     raise ValueError(f"mapper must be one of {MAPPER_KINDS}, got {kind!r}")

@@ -11,9 +11,11 @@ Example:
     >>> net(t1, aux={"flair": flair}).shape
     torch.Size([1, 3, 64, 64, 32])
 
-Each auxiliary is mapped at its native resolution by its mapper, brought to
-the skip levels it enters (pooling where the level is coarser, edge-aligned
-interpolation where it is finer), and fused with the encoder features there.
+The auxiliaries are described by :class:`segfuse.auxiliary.AuxInput` (the network
+reads their name, channels, scale, mapper, fusion and levels). Each auxiliary is
+mapped at its native resolution by its mapper, brought to the skip levels it
+enters (pooling where the level is coarser, edge-aligned interpolation where it
+is finer), and fused with the encoder features there.
 """
 
 from __future__ import annotations
@@ -27,65 +29,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from segfuse.auxiliary import AuxInput
 from segfuse.models.convolution import pointwise_conv
 from segfuse.models.decoder import UNetDecoder
-from segfuse.models.encoders import ResNet18Encoder, build_encoder
-from segfuse.models.fusion import FUSION_MODES, AuxAtLevel, LevelFusion
-from segfuse.models.mappers import MAPPER_KINDS, build_mapper
+from segfuse.models.encoders import ResNet18Encoder
+from segfuse.models.fusion import AuxAtLevel, LevelFusion
+from segfuse.models.layers import conv_class
+from segfuse.models.mappers import build_mapper
 from segfuse.models.resize import change_stride
 
 DEFAULT_DECODER_CHANNELS = (256, 128, 64, 32, 16)
-
-
-@dataclass(frozen=True)
-class AuxInput:
-    """One auxiliary scan and how it enters the network.
-
-    Args:
-        name: key of the auxiliary in ``forward(aux={name: tensor})``.
-        channels: channels of the auxiliary tensor.
-        scale: auxiliary voxel size over primary voxel size per axis (integers;
-            anisotropic allowed, e.g. ``(2, 2, 4)``). The tensor covers the
-            primary's field of view on the edge-aligned grid of that spacing:
-            its spatial shape is ``ceil(primary_shape / scale)``.
-        mapper: ``"linear"``, ``"mlp"`` or ``"conv"`` (see :mod:`segfuse.models.mappers`).
-        fusion: ``"concat"``, ``"add"`` or ``"gated"`` (see :mod:`segfuse.models.fusion`).
-        features: channels the mapper produces (for ``concat``, what each level receives).
-        hidden: hidden width of the ``mlp`` mapper.
-        mapper_layers: number of convolutions of the ``conv`` mapper.
-        levels: strides of the skip levels it enters, e.g. ``(4, 8, 16)``. Default
-            (``None``): the finest level whose stride is at least ``scale`` on every
-            axis — the closest level at which the auxiliary needs no upsampling —
-            and every deeper level.
-    """
-
-    name: str
-    channels: int = 1
-    scale: tuple[int, ...] = (1, 1, 1)
-    mapper: str = "conv"
-    fusion: str = "concat"
-    features: int = 16
-    hidden: int = 32
-    mapper_layers: int = 2
-    levels: tuple[int, ...] | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "scale", tuple(int(s) for s in self.scale))
-        if self.levels is not None:
-            object.__setattr__(self, "levels", tuple(int(v) for v in self.levels))
-        if not self.name or not self.name.isidentifier():
-            raise ValueError(f"AuxInput name must be a non-empty identifier, got {self.name!r}")
-        if any(s < 1 for s in self.scale):
-            raise ValueError(f"AuxInput {self.name!r}: scale must be positive integers, got {self.scale}")
-        if self.mapper not in MAPPER_KINDS:
-            raise ValueError(f"AuxInput {self.name!r}: mapper must be one of {MAPPER_KINDS}, got {self.mapper!r}")
-        if self.fusion not in FUSION_MODES:
-            raise ValueError(f"AuxInput {self.name!r}: fusion must be one of {FUSION_MODES}, got {self.fusion!r}")
-        if self.channels < 1 or self.features < 1:
-            raise ValueError(
-                f"AuxInput {self.name!r}: channels and features must be >= 1, "
-                f"got channels={self.channels}, features={self.features}"
-            )
 
 
 @dataclass
@@ -116,8 +69,6 @@ class FusionUNet(nn.Module):
         allow_missing_aux: accept ``aux`` dicts that omit an input or give ``None``;
             the absent input then contributes exactly nothing (zero features).
         encoder_depth: down-sampling stages of the ResNet18 (1..5).
-        encoder_weights: local file with pretrained ResNet18 weights (ImageNet for
-            2D, MedicalNet-style for 3D), or ``None`` for random initialisation.
         widen_factor, stem_kernel, norm: 3D encoder options (see
             :class:`segfuse.models.encoders.ResNet18Encoder`); ``norm`` also applies
             to the decoder and ``conv`` mappers.
@@ -139,7 +90,6 @@ class FusionUNet(nn.Module):
         aux: Sequence[AuxInput | Mapping[str, Any]] = (),
         allow_missing_aux: bool = False,
         encoder_depth: int = 5,
-        encoder_weights: str | None = None,
         widen_factor: float = 1.0,
         stem_kernel: int = 7,
         norm: str = "batch",
@@ -152,6 +102,8 @@ class FusionUNet(nn.Module):
         if len(set(names)) != len(names):
             raise ValueError(f"auxiliary names must be unique, got {names}")
         for a in aux_inputs:
+            if not a.name or not a.name.isidentifier():
+                raise ValueError(f"AuxInput name must be a non-empty identifier, got {a.name!r}")
             if len(a.scale) != spatial_dims:
                 raise ValueError(
                     f"AuxInput {a.name!r}: scale {a.scale} needs {spatial_dims} entries "
@@ -172,14 +124,9 @@ class FusionUNet(nn.Module):
             decoder_channels=tuple(int(c) for c in decoder_channels),
             deep_supervision=deep_supervision,
         )
-        self.encoder: ResNet18Encoder = build_encoder(
-            spatial_dims=spatial_dims,
-            in_channels=in_channels,
-            depth=encoder_depth,
-            widen_factor=widen_factor,
-            stem_kernel=stem_kernel,
-            norm=norm,
-            weights=encoder_weights,
+        self.encoder = ResNet18Encoder(
+            spatial_dims=spatial_dims, in_channels=in_channels, depth=encoder_depth, widen_factor=widen_factor,
+            stem_kernel=stem_kernel, norm=norm,
         )
         strides = self.encoder.strides
         self.aux_levels: dict[str, list[int]] = {a.name: self._entry_levels(a, strides) for a in aux_inputs}
@@ -208,7 +155,7 @@ class FusionUNet(nn.Module):
         self.decoder = UNetDecoder(
             spatial_dims, [f.out_channels for f in self.fusions], self.cfg.decoder_channels, norm
         )
-        conv = nn.Conv3d if spatial_dims == 3 else nn.Conv2d
+        conv = conv_class(spatial_dims)
         self.head = conv(self.cfg.decoder_channels[-1], num_classes, kernel_size=1)
         self.deep_heads = nn.ModuleList(
             conv(c, num_classes, kernel_size=1) for c in list(self.cfg.decoder_channels)[-3:-1][::-1]
@@ -241,8 +188,9 @@ class FusionUNet(nn.Module):
         """Plain-data configuration: ``FusionUNet.from_config(net.config)`` rebuilds the net."""
         cfg = asdict(self.cfg)
         cfg["aux"] = [
-            {**a, "scale": list(a["scale"]), "levels": None if a["levels"] is None else list(a["levels"])}
-            for a in cfg["aux"]
+            {**a, "scale": list(a["scale"]), "levels": None if a["levels"] is None else list(a["levels"]),
+             "norm": aux.norm.to_dict()}
+            for a, aux in zip(cfg["aux"], self.cfg.aux, strict=True)
         ]
         cfg["decoder_channels"] = list(cfg["decoder_channels"])
         return cfg

@@ -1,7 +1,7 @@
 """Choose what trains well in a time budget on this machine, from short measurements.
 
 :func:`plan_for_budget` is ``segfuse plan``: the dataset fingerprint of
-:func:`segfuse.data.plan.plan_dataset`, then a few timed training iterations of
+:func:`segfuse.training.plan.plan_dataset`, then a few timed training iterations of
 candidate settings (:func:`segfuse.training.step_timing.time_iteration`, the real
 FusionUNet on random data of the candidate's shapes), then a choice by a fixed
 rule, written as an editable config whose comments carry the measurements.
@@ -52,8 +52,8 @@ from pathlib import Path
 import torch
 
 from segfuse.config import Config, config_from_dict
-from segfuse.data.plan import PlanReport, plan_dataset, write_plan
 from segfuse.io.errors import SegfuseInputError
+from segfuse.training.plan import PlanReport, plan_dataset, write_plan
 from segfuse.training.step_timing import IterationTiming, time_iteration
 
 __all__ = [
@@ -304,7 +304,7 @@ def choose_training(
     """Measure candidates on ``device`` and return the config of the chosen one and the :class:`BudgetPlan`.
 
     Args:
-        cfg: the fingerprint's config (:func:`~segfuse.data.plan.plan_dataset`).
+        cfg: the fingerprint's config (:func:`~segfuse.training.plan.plan_dataset`).
         report: its report (median shape, object extent, auxiliary scales).
         device: ``"cpu"`` or ``"cuda"`` (resolved, see :func:`resolve_device`).
         minutes: optimisation-time budget of the run.

@@ -31,7 +31,7 @@ import os
 import signal
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,21 +40,24 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from segfuse.auxiliary import aux_scales, lcm_of_scales
 from segfuse.config import Config, config_from_dict, save_config
 from segfuse.data.layouts import read_dataset, split_cases
-from segfuse.data.preprocess import PreparedCase, scales_lcm
+from segfuse.data.preprocess import PreparedCase
 from segfuse.data.sampling import PaddedCase, sample_patch
 from segfuse.data.splits import fold_cases, write_dataset_splits
 from segfuse.data.store import StoredCase
+from segfuse.factory import build_model
 from segfuse.inference.engine import predict_prepared
 from segfuse.io.atomic import remove_stale_temporaries
 from segfuse.io.checkpoint import load_checkpoint, save_checkpoint
 from segfuse.io.errors import SegfuseInputError
-from segfuse.models.factory import build_model
 from segfuse.training.logging import RunLogger
+from segfuse.training.losses import build_loss
 from segfuse.training.prefetch import BatchPrefetcher, iteration_rng, resolve_workers
 from segfuse.training.shared_store import shared_store
 from segfuse.training.speed_check import SpeedCheck
+from segfuse.training.step import Batch, TrainingParts, optimisation_step
 
 log = logging.getLogger("segfuse.train")
 
@@ -108,18 +111,12 @@ def _time_factor(cfg: Config, iteration: int, train_seconds: float) -> float:
     return max(0.0, 1.0 - train_seconds / (cfg.training.max_minutes * 60)) ** power
 
 
-def _optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    """AdamW, or SGD with Nesterov momentum (``training.optimizer``), at ``training.lr``."""
     t = cfg.training
     if t.optimizer == "sgd":
         return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, nesterov=True, weight_decay=t.weight_decay)
     return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
-
-
-def _loss(cfg: Config) -> torch.nn.Module:
-    """Softmax DiceCE over classes, or Dice + BCE per region (:mod:`segfuse.training.losses`)."""
-    from segfuse.training.losses import build_loss
-
-    return build_loss(cfg)
 
 
 def _margin(cfg: Config, lcm: tuple[int, ...]) -> list[int]:
@@ -159,10 +156,18 @@ def load_cases(cfg: Config, progress: bool, rank: int = 0) -> tuple[list[StoredC
     return [store.cases[c.case_id] for c in train_cases], [store.cases[c.case_id] for c in val_cases], cfg
 
 
-# -- the loop -----------------------------------------------------------------------------
+def training_views(cfg: Config, cases: list[StoredCase]) -> tuple[list[PaddedCase], list[int]]:
+    """The training cases as padded views over the store's memory-mapped files (no copies), and the margin."""
+    scales = aux_scales(cfg.data.aux)
+    lcm = lcm_of_scales(scales)
+    margin = _margin(cfg, lcm)
+    if cfg.spatial_dims == 3:
+        return [c.padded(scales, cfg.training.patch_size, margin) for c in cases], margin
+    plane_patch = [*cfg.training.patch_size, lcm[2]]
+    return [c.padded(scales, plane_patch, [*margin, 0]) for c in cases], margin
 
 
-Batch = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
+# -- batches -------------------------------------------------------------------------------
 
 
 def _batch(
@@ -174,7 +179,7 @@ def _batch(
     label (B, *patch))``; tensors are in pinned memory when ``pin`` (for asynchronous copies to a GPU).
     """
     t = cfg.training
-    scales = {name: tuple(spec.scale) for name, spec in cfg.data.aux.items()}
+    scales = aux_scales(cfg.data.aux)
     dropout = {name: spec.dropout for name, spec in cfg.data.aux.items()}
     n_fg = max(1, round(t.batch_size * t.foreground_fraction)) if t.foreground_fraction > 0 else 0
     samples = []
@@ -280,6 +285,24 @@ def _signals(flag: _StopFlag):
             signal.signal(s, handler)
 
 
+# -- checkpoints ---------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    """Where a run stands: saved in every checkpoint, restored by ``--resume``.
+
+    ``running``: ``[sum of losses, iterations]`` since the last logged row;
+    ``train_seconds``: optimisation time so far (the time budget counts it alone).
+    """
+
+    iteration: int = 0
+    best: float = -1.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    running: list[float] = field(default_factory=lambda: [0.0, 0])
+    train_seconds: float = 0.0
+
+
 def _rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -294,6 +317,65 @@ def _restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rng_states(world: int, gather: bool = True) -> Any:
+    """This process's torch RNG states; under DDP (``gather``) every rank's, a list by rank (a collective)."""
+    states: Any = _rng_state()
+    if world > 1 and gather:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, states)
+        states = gathered
+    return states
+
+
+def checkpoint_state(
+    parts: TrainingParts, cfg: Config, in_channels: int, progress: Progress, rng: Any
+) -> dict[str, Any]:
+    """Everything a checkpoint holds: weights, config, optimiser, scheduler, scaler, RNG and :class:`Progress`."""
+    return {
+        "model": parts.model.state_dict(),
+        "config": cfg.to_dict(),
+        "in_channels": in_channels,
+        "iteration": progress.iteration,
+        "epoch": progress.iteration // cfg.training.iterations_per_epoch,
+        "best_metric": progress.best,
+        "history": progress.history,
+        "running": progress.running,
+        "train_seconds": progress.train_seconds,
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.scheduler.state_dict(),
+        "scaler": parts.scaler.state_dict(),
+        "rng": rng,
+    }
+
+
+def resume_state(run_dir: str | Path | None) -> dict[str, Any]:
+    """The checkpoint ``run_dir/checkpoint_last.pt`` of an interrupted run (stale temporary files removed)."""
+    if run_dir is None:
+        raise SegfuseInputError("resume needs the run folder (segfuse train --resume RUN_DIR)")
+    for stale in remove_stale_temporaries(run_dir):  # a checkpoint write cut short by a kill
+        log.info("removed %s, left by an interrupted run", stale)
+    return load_checkpoint(Path(run_dir) / "checkpoint_last.pt")
+
+
+def restore(parts: TrainingParts, state: dict[str, Any], rank: int) -> Progress:
+    """Load a checkpoint's weights, optimiser, scheduler, scaler and RNG into ``parts``; return its progress."""
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    parts.scheduler.load_state_dict(state["scheduler"])
+    parts.scaler.load_state_dict(state["scaler"])
+    _restore_rng(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
+    return Progress(
+        iteration=state["iteration"],
+        best=state["best_metric"],
+        history=list(state["history"]),
+        running=list(state.get("running", [0.0, 0])),
+        train_seconds=float(state.get("train_seconds", 0.0)),
+    )
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
 def _run_dir(cfg: Config, run_dir: Path | None, resume: bool) -> Path:
     path = Path(run_dir) if run_dir is not None else Path(cfg.experiment.output_dir) / cfg.experiment.name
     if run_dir is None and cfg.data.fold is not None:
@@ -306,6 +388,46 @@ def _run_dir(cfg: Config, run_dir: Path | None, resume: bool) -> Path:
     return path
 
 
+def start_process(cfg: Config) -> tuple[int, int, torch.device]:
+    """``(rank, world size, device)``: process group under ``torchrun``, threads, determinism, seed."""
+    rank, world = _distributed()
+    device = _device(cfg.training.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
+        torch.cuda.set_device(device)
+    if cfg.training.num_threads:
+        torch.set_num_threads(cfg.training.num_threads)
+    if cfg.experiment.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(cfg.experiment.seed + rank)
+    return rank, world, device
+
+
+def build_training(cfg: Config, in_channels: int, device: torch.device) -> TrainingParts:
+    """The network the config describes on ``device``, its optimiser, warm-up/poly schedule, scaler and loss."""
+    model = build_model(cfg, in_channels=in_channels).to(device)
+    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
+    return TrainingParts.of(model, optimizer, build_loss(cfg), device, amp=cfg.training.amp, scheduler=scheduler)
+
+
+def _distribute(parts: TrainingParts, world: int) -> None:
+    """Under ``torchrun``: the forward pass through DistributedDataParallel."""
+    if world > 1:
+        device_ids = [parts.device.index] if parts.device.type == "cuda" else None
+        parts.net = torch.nn.parallel.DistributedDataParallel(parts.model, device_ids=device_ids)
+
+
+def _progress_bar(cfg: Config, progress: Progress, disable: bool) -> tqdm:
+    """Iterations, or with ``schedule: time`` seconds of the budget (the budget, not the cap, decides the end)."""
+    if cfg.training.schedule == "time":
+        return tqdm(total=round(cfg.training.max_minutes * 60), initial=round(progress.train_seconds),
+                    desc="training", unit="s", disable=disable,
+                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s budget [{elapsed}<{remaining}{postfix}]")
+    return tqdm(total=cfg.training.iterations, initial=progress.iteration, desc="training", unit="it",
+                disable=disable)
+
+
 def train(
     cfg: Config | None = None,
     *,
@@ -315,6 +437,13 @@ def train(
     interrupt_at: int | None = None,
 ) -> TrainResult:
     """Train a FusionUNet as ``cfg`` says; returns where the run lives.
+
+    The steps, in order: read the checkpoint to resume (:func:`resume_state`), start
+    the process (:func:`start_process`), the data (:func:`load_cases`,
+    :func:`training_views`), build (:func:`build_training`, :func:`restore`), then per
+    iteration a batch (:func:`_iteration_batch`) and one optimisation step
+    (:func:`~segfuse.training.step.optimisation_step`); at each epoch's end validation
+    (:func:`validate`) and checkpoints (:func:`checkpoint_state`).
 
     Args:
         cfg: the run config (``None`` with ``resume``: the checkpoint's config is used).
@@ -326,61 +455,22 @@ def train(
     """
     state = None
     if resume:
-        if run_dir is None:
-            raise SegfuseInputError("resume needs the run folder (segfuse train --resume RUN_DIR)")
-        for stale in remove_stale_temporaries(run_dir):  # a checkpoint write cut short by a kill
-            log.info("removed %s, left by an interrupted run", stale)
-        state = load_checkpoint(Path(run_dir) / "checkpoint_last.pt")
+        state = resume_state(run_dir)
         cfg = config_from_dict(state["config"])
     if cfg is None:
         raise SegfuseInputError("train needs a config (--config FILE) or --resume RUN_DIR")
     run_path = _run_dir(cfg, run_dir, resume)
-    rank, world = _distributed()
-    device = _device(cfg.training.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
-        torch.cuda.set_device(device)
-    if cfg.training.num_threads:
-        torch.set_num_threads(cfg.training.num_threads)
-    if cfg.experiment.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.manual_seed(cfg.experiment.seed + rank)
+    rank, world, device = start_process(cfg)
 
     train_cases, val_cases, cfg = load_cases(cfg, progress, rank)
     if not train_cases:
         raise SegfuseInputError(f"{cfg.data.dataset}: no training cases after the validation split")
-    scales = {name: tuple(spec.scale) for name, spec in cfg.data.aux.items()}
-    lcm = scales_lcm(scales)
-    margin = _margin(cfg, lcm)
-    # views over the store's memory-mapped files, padded per window (no copies)
-    if cfg.spatial_dims == 3:
-        padded = [c.padded(scales, cfg.training.patch_size, margin) for c in train_cases]
-    else:
-        plane_patch = [*cfg.training.patch_size, lcm[2]]
-        padded = [c.padded(scales, plane_patch, [*margin, 0]) for c in train_cases]
+    padded, margin = training_views(cfg, train_cases)
 
     in_channels = train_cases[0].channels
-    model = build_model(cfg, in_channels=in_channels).to(device)
-    optimizer = _optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
-    use_amp = cfg.training.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = _loss(cfg)
-
-    iteration, best, history, running, train_seconds = 0, -1.0, [], [0.0, 0], 0.0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        iteration, best, history = state["iteration"], state["best_metric"], list(state["history"])
-        running = list(state.get("running", [0.0, 0]))
-        train_seconds = float(state.get("train_seconds", 0.0))
-        _restore_rng(state["rng"][rank] if isinstance(state["rng"], list) else state["rng"])
-    net = model
-    if world > 1:
-        device_ids = [device.index] if device.type == "cuda" else None
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    parts = build_training(cfg, in_channels, device)
+    status = restore(parts, state, rank) if state is not None else Progress()
+    _distribute(parts, world)
 
     is_main = rank == 0
     logger = None
@@ -389,37 +479,16 @@ def train(
         save_config(cfg, run_path / "config.yaml")
         if cfg.data.fold is not None:
             write_dataset_splits(run_path, cfg)
-        logger = RunLogger(run_path, history)
+        logger = RunLogger(run_path, status.history)
         log.info("run folder %s: %d training and %d validation cases, %s, %d parameters, from iteration %d",
-                 run_path, len(train_cases), len(val_cases), device, sum(p.numel() for p in model.parameters()),
-                 iteration)
+                 run_path, len(train_cases), len(val_cases), device, sum(p.numel() for p in parts.model.parameters()),
+                 status.iteration)
 
     def checkpoint(name: str, gather: bool = True) -> None:
-        rng_states: Any = _rng_state()
-        if world > 1 and gather:
-            gathered: list[Any] = [None] * world
-            dist.all_gather_object(gathered, rng_states)
-            rng_states = gathered
-        if not is_main:
-            return
-        save_checkpoint(
-            {
-                "model": model.state_dict(),
-                "config": cfg.to_dict(),
-                "in_channels": in_channels,
-                "iteration": iteration,
-                "epoch": iteration // cfg.training.iterations_per_epoch,
-                "best_metric": best,
-                "history": logger.history if logger else [],
-                "running": running,
-                "train_seconds": train_seconds,
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rng_states,
-            },
-            run_path / name,
-        )
+        rng = rng_states(world, gather)
+        if is_main:
+            status.history = logger.history if logger else []
+            save_checkpoint(checkpoint_state(parts, cfg, in_channels, status, rng), run_path / name)
 
     flag = _StopFlag()
     total = cfg.training.iterations
@@ -427,85 +496,72 @@ def train(
     # the budget counts optimisation time only; validation and checkpoints are extra
     budget = cfg.training.max_minutes * 60 if cfg.training.max_minutes else None
     by_time = cfg.training.schedule == "time"
-    disable = not progress or not is_main
-    if by_time:  # the budget, not the iteration cap, decides the end: show seconds of it
-        bar = tqdm(total=round(budget), initial=round(train_seconds), desc="training", unit="s", disable=disable,
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s budget [{elapsed}<{remaining}{postfix}]")
-    else:
-        bar = tqdm(total=total, initial=iteration, desc="training", unit="it", disable=disable)
-    model.train()
+    bar = _progress_bar(cfg, status, disable=not progress or not is_main)
+    parts.model.train()
     pin = device.type == "cuda"
     workers = resolve_workers(cfg.training.num_workers, device.type)
 
-    done_fraction = min(train_seconds / budget, 1.0) if by_time else iteration / max(1, total)
+    done_fraction = min(status.train_seconds / budget, 1.0) if by_time else status.iteration / max(1, total)
     pending_snapshots = sorted(f for f in cfg.training.snapshots if f > done_fraction)
 
     build = functools.partial(_iteration_batch, padded, cfg, margin, cfg.experiment.seed, rank)
     speed_check = SpeedCheck(cfg, enabled=is_main)  # warns when the speed leaves too few iterations
-    with _signals(flag), BatchPrefetcher(build, start=iteration, workers=workers, pin=pin) as batches:
-        while iteration < total:
+    with _signals(flag), BatchPrefetcher(build, start=status.iteration, workers=workers, pin=pin) as batches:
+        while status.iteration < total:
             step_started = time.monotonic()
             if by_time:
-                for group in optimizer.param_groups:
-                    group["lr"] = cfg.training.lr * _time_factor(cfg, iteration, train_seconds)
-            x, aux, present, y = _to_device(batches.next(), device)
-            with torch.autocast(device_type=device.type, enabled=use_amp):
-                out = net(x, aux=aux, present=present)
-                loss = loss_fn(out, y)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.training.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
+                for group in parts.optimizer.param_groups:
+                    group["lr"] = cfg.training.lr * _time_factor(cfg, status.iteration, status.train_seconds)
+            loss = optimisation_step(parts, _to_device(batches.next(), device), grad_clip=cfg.training.grad_clip)
             if not by_time:
-                scheduler.step()
-            iteration += 1
+                parts.scheduler.step()
+            status.iteration += 1
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
-            train_seconds += time.monotonic() - step_started
-            speed_check(iteration, train_seconds)
-            running[0] += float(loss.detach())
-            running[1] += 1
-            bar.update(min(train_seconds, budget) - bar.n if by_time else 1)
+            status.train_seconds += time.monotonic() - step_started
+            speed_check(status.iteration, status.train_seconds)
+            status.running[0] += float(loss.detach())
+            status.running[1] += 1
+            bar.update(min(status.train_seconds, budget) - bar.n if by_time else 1)
             bar.set_postfix(
-                it=iteration,
-                loss=f"{running[0] / max(1, running[1]):.3f}",
-                lr=f"{optimizer.param_groups[0]['lr']:.2e}",
-                s_per_it=f"{train_seconds / max(1, iteration):.2f}",
+                it=status.iteration,
+                loss=f"{status.running[0] / max(1, status.running[1]):.3f}",
+                lr=f"{parts.optimizer.param_groups[0]['lr']:.2e}",
+                s_per_it=f"{status.train_seconds / max(1, status.iteration):.2f}",
             )
 
-            progress_done = min(train_seconds / budget, 1.0) if by_time else iteration / total
+            progress_done = min(status.train_seconds / budget, 1.0) if by_time else status.iteration / total
             for fraction in pending_snapshots[:]:
                 if progress_done >= fraction:  # weights part-way through the run (training.snapshots)
                     pending_snapshots.remove(fraction)
                     checkpoint(f"checkpoint_{round(fraction * 100):03d}pct.pt", gather=False)
-            epoch_end = iteration % cfg.training.iterations_per_epoch == 0 or iteration == total
-            out_of_time = budget is not None and train_seconds > budget
-            stop = flag.requested or out_of_time or (interrupt_at is not None and iteration >= interrupt_at)
+            epoch_end = status.iteration % cfg.training.iterations_per_epoch == 0 or status.iteration == total
+            out_of_time = budget is not None and status.train_seconds > budget
+            stop = flag.requested or out_of_time or (interrupt_at is not None and status.iteration >= interrupt_at)
             if world > 1:  # every rank must take the same branch, or collectives deadlock
                 decision = torch.tensor([float(stop), float(out_of_time)], device=device)
                 dist.all_reduce(decision, op=dist.ReduceOp.MAX)
                 stop, out_of_time = bool(decision[0]), bool(decision[1])
             if epoch_end or out_of_time:
-                epoch = math.ceil(iteration / cfg.training.iterations_per_epoch)
+                epoch = math.ceil(status.iteration / cfg.training.iterations_per_epoch)
                 row: dict[str, Any] = {
                     "epoch": epoch,
-                    "iteration": iteration,
-                    "lr": optimizer.param_groups[0]["lr"],
-                    "train_loss": running[0] / max(1, running[1]),
-                    "train_s": round(train_seconds, 2),
+                    "iteration": status.iteration,
+                    "lr": parts.optimizer.param_groups[0]["lr"],
+                    "train_loss": status.running[0] / max(1, status.running[1]),
+                    "train_s": round(status.train_seconds, 2),
                     "elapsed_s": round(time.monotonic() - started, 2),
                 }
-                running = [0.0, 0]
+                status.running = [0.0, 0]
                 # val_every 0 leaves val_cases empty (load_cases), so it never validates here
-                is_val = val_cases and (epoch % cfg.training.val_every == 0 or iteration == total or out_of_time)
+                is_val = val_cases and (epoch % cfg.training.val_every == 0 or status.iteration == total or out_of_time)
                 if is_main and is_val:
-                    row.update(validate(model, cfg, val_cases, device))
-                    if row["val_mean_dice"] > best:
-                        best = row["val_mean_dice"]
+                    row.update(validate(parts.model, cfg, val_cases, device))
+                    if row["val_mean_dice"] > status.best:
+                        status.best = row["val_mean_dice"]
                         checkpoint("checkpoint_best.pt", gather=False)
-                        log.info("checkpoint_best.pt: validation mean Dice %.4f at iteration %d", best, iteration)
+                        log.info("checkpoint_best.pt: validation mean Dice %.4f at iteration %d", status.best,
+                                 status.iteration)
                 if is_main:
                     logger.log(row)
                 if world > 1:
@@ -520,13 +576,13 @@ def train(
         # no validation (no cases, or val_every 0): the last weights are the best we know
         checkpoint("checkpoint_best.pt", gather=False)
     # reaching the time budget is a normal end; anything else short of `total` is an interruption
-    interrupted = iteration < total and not (budget is not None and train_seconds > budget)
+    interrupted = status.iteration < total and not (budget is not None and status.train_seconds > budget)
     if interrupted and is_main:
         log.warning("training stopped at iteration %d of %d; continue with: segfuse train --resume %s",
-                    iteration, total, run_path)
+                    status.iteration, total, run_path)
     elif is_main:
         log.info("finished %d iterations in %.1f s of training; best validation mean Dice %.4f",
-                 iteration, train_seconds, best)
+                 status.iteration, status.train_seconds, status.best)
     if logger:
         logger.close()
-    return TrainResult(run_path, iteration, best, interrupted, logger.history if logger else [])
+    return TrainResult(run_path, status.iteration, status.best, interrupted, logger.history if logger else [])

@@ -25,7 +25,8 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
-from segfuse.data.regions import check_regions, region_targets
+from segfuse.config import check_regions
+from segfuse.data.regions import region_targets
 
 __all__ = ["ClassLoss", "RegionLoss", "build_loss", "class_indices"]
 

@@ -15,7 +15,7 @@ from datetime import timedelta
 
 import torch.distributed as dist
 
-from segfuse.data.layouts import Case
+from segfuse.data.cases import Case
 from segfuse.data.store import Store, build_store, open_store
 
 log = logging.getLogger("segfuse.train")

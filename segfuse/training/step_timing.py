@@ -1,7 +1,7 @@
 """Time training iterations of a config on this machine, in seconds, on random data.
 
 :func:`time_iteration` builds the network a :class:`~segfuse.config.Config`
-describes (:func:`~segfuse.models.factory.build_model`, the real FusionUNet with
+describes (:func:`~segfuse.factory.build_model`, the real FusionUNet with
 the config's auxiliaries), feeds it random tensors of the config's patch and
 batch shapes and times what one iteration of :func:`segfuse.training.loop.train`
 does: forward, DiceCE loss (with deep supervision when configured), backward,
@@ -35,10 +35,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from segfuse.auxiliary import aux_scales, lcm_of_scales
 from segfuse.config import Config
-from segfuse.data.preprocess import scales_lcm
 from segfuse.data.sampling import MAX_FOREGROUND_POINTS, PaddedCase, sample_patch
-from segfuse.models.factory import build_model
+from segfuse.factory import build_model
+from segfuse.training.step import TrainingParts, optimisation_step
 
 __all__ = ["IterationTiming", "probe_patch", "time_batches", "time_iteration"]
 
@@ -108,8 +109,8 @@ def probe_patch(patch: Sequence[int], batch: int, multiples: Sequence[int], prob
 
 def _multiples(cfg: Config) -> tuple[int, ...]:
     dims = cfg.spatial_dims
-    scales = [spec.scale[:dims] for spec in cfg.data.aux.values()]
-    return tuple(math.lcm(2**cfg.model.encoder_depth, *(s[d] for s in scales)) for d in range(dims))
+    lcm = lcm_of_scales(aux_scales(cfg.data.aux, dims), dims)
+    return tuple(math.lcm(2**cfg.model.encoder_depth, m) for m in lcm)
 
 
 def _loss(cfg: Config) -> torch.nn.Module:
@@ -189,31 +190,22 @@ def _time_network(
     batch = int(run_cfg.training.batch_size)
     model = build_model(run_cfg, in_channels=in_channels).to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=run_cfg.training.lr)
-    use_amp = run_cfg.training.amp and dev.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-    loss_fn = _loss(run_cfg)
+    parts = TrainingParts.of(model, optimizer, _loss(run_cfg), dev, amp=run_cfg.training.amp)
     generator = torch.Generator().manual_seed(0)
     channels = in_channels * (2 * run_cfg.model.context_slices + 1) if dims == 2 else in_channels
     num_classes = max(len(run_cfg.data.labels), 2)
     x = torch.randn(batch, channels, *measured, generator=generator).to(dev)
     y = torch.randint(0, num_classes, (batch, 1, *measured), generator=generator).float().to(dev)  # as the loop
     aux = {
-        name: torch.randn(batch, 1, *(-(-p // s) for p, s in zip(measured, spec.scale[:dims], strict=True)),
+        name: torch.randn(batch, 1, *(-(-p // s) for p, s in zip(measured, scale, strict=True)),
                           generator=generator).to(dev)
-        for name, spec in run_cfg.data.aux.items()
+        for name, scale in aux_scales(run_cfg.data.aux, dims).items()
     }
     present = {name: torch.ones(batch, device=dev) for name in aux}
     params = sum(p.numel() for p in model.parameters())
 
     def step() -> None:
-        with torch.autocast(device_type=dev.type, enabled=use_amp):
-            loss = loss_fn(model(x, aux=aux, present=present), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), run_cfg.training.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        optimisation_step(parts, (x, aux, present, y), grad_clip=run_cfg.training.grad_clip)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
@@ -261,8 +253,8 @@ def time_batches(
     """
     dims = cfg.spatial_dims
     t = cfg.training
-    scales = {name: tuple(spec.scale) for name, spec in cfg.data.aux.items()}
-    lcm = scales_lcm(scales)
+    scales = aux_scales(cfg.data.aux)
+    lcm = lcm_of_scales(scales)
     steps = lcm if dims == 3 else lcm[:2]
     rotate = t.augment.rotate_prob > 0 or t.augment.scale_prob > 0
     margin = [math.ceil(p * 0.125 / s) * s if rotate else 0 for p, s in zip(t.patch_size, steps, strict=True)]

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from segfuse.config import config_from_dict
+from segfuse.factory import build_model
 from segfuse.io.checkpoint import save_checkpoint
-from segfuse.models.factory import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = (18, 16, 10)

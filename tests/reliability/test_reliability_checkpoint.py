@@ -18,10 +18,10 @@ from reliability_helpers import env, make_checkpoint, manifest, segfuse_cmd, tem
 
 from segfuse.cli import main
 from segfuse.config import config_from_dict
-from segfuse.inference.predict import load_model
+from segfuse.factory import build_model
+from segfuse.inference.model import load_model
 from segfuse.io.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 from segfuse.io.errors import SegfuseInputError
-from segfuse.models.factory import build_model
 from segfuse.training.loop import train
 
 

@@ -31,7 +31,8 @@ from reliability_helpers import (
 
 from segfuse.cli import main
 from segfuse.data.layouts import read_dataset
-from segfuse.inference.predict import MANIFEST_NAME, load_model, predict
+from segfuse.inference.model import load_model
+from segfuse.inference.predict import MANIFEST_NAME, predict
 
 
 def _predict_image(ckpt: Path, image: Path, out: Path, *extra: str) -> int:

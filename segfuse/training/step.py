@@ -1,0 +1,68 @@
+"""One optimisation step, shared by the training loop and the step timer.
+
+:class:`TrainingParts` holds what a step needs (the network, its optimiser, learning-rate
+scheduler, gradient scaler and loss); :func:`optimisation_step` runs one: forward and
+loss under autocast (AMP on CUDA only), backward through the gradient scaler,
+gradient clipping, the optimiser step.
+
+Example:
+    >>> optimizer = torch.optim.AdamW(net.parameters())  # doctest: +SKIP
+    >>> parts = TrainingParts.of(net, optimizer, loss_fn, torch.device("cpu"))  # doctest: +SKIP
+    >>> loss = optimisation_step(parts, (x, aux, present, y), grad_clip=12.0)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+__all__ = ["Batch", "TrainingParts", "optimisation_step"]
+
+#: ``(primary (B, C, *patch), {aux: (B, C_a, *patch / scale)}, {aux: present (B,)}, label (B, 1, *patch))``
+Batch = tuple[torch.Tensor, dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class TrainingParts:
+    """The network and everything that updates it.
+
+    ``model`` is the network; ``net`` is what runs the forward pass (``model`` itself,
+    or its DistributedDataParallel wrapper under ``torchrun``); ``scheduler`` may be
+    ``None`` (the step timer has none).
+    """
+
+    model: torch.nn.Module
+    net: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]
+    device: torch.device
+    use_amp: bool
+
+    @classmethod
+    def of(
+        cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, device: torch.device,
+        *, amp: bool = False, scheduler: Any = None,
+    ) -> TrainingParts:
+        """Parts around ``model`` (not wrapped); AMP and its gradient scaler only on CUDA."""
+        use_amp = amp and device.type == "cuda"
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        return cls(model, model, optimizer, scheduler, scaler, loss_fn, device, use_amp)
+
+
+def optimisation_step(parts: TrainingParts, batch: Batch, *, grad_clip: float) -> torch.Tensor:
+    """Forward, loss, backward, clip the gradient norm to ``grad_clip``, step; returns the loss (on the device)."""
+    x, aux, present, y = batch
+    with torch.autocast(device_type=parts.device.type, enabled=parts.use_amp):
+        loss = parts.loss_fn(parts.net(x, aux=aux, present=present), y)
+    parts.optimizer.zero_grad(set_to_none=True)
+    parts.scaler.scale(loss).backward()
+    parts.scaler.unscale_(parts.optimizer)
+    torch.nn.utils.clip_grad_norm_(parts.model.parameters(), grad_clip)
+    parts.scaler.step(parts.optimizer)
+    parts.scaler.update()
+    return loss
