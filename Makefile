@@ -47,7 +47,7 @@ lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
 
 # `make demo` runs `segfuse demo`: train on 9 bundled BraTS subjects (T1 2 mm + FLAIR
-# 4x4x8 mm) for 5 minutes, predict the 3 held back with and without the FLAIR, print the
+# 4x4x8 mm) for 4.5 minutes, predict the 3 held back with and without the FLAIR, print the
 # Dice of both and the difference; everything lands in $(DEMO_OUT)/.
 demo: $(STAMP)
 	$(VENV)/bin/segfuse demo --out $(DEMO_OUT)
