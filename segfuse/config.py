@@ -129,7 +129,7 @@ class TrainingConfig:
     the validation cases out of training but never validates them during
     training (benchmarks that score the last weights themselves); then, as
     without validation cases, ``checkpoint_best.pt`` is the last weights.
-    ``num_workers`` threads build batches ahead of the optimiser (``null``: 0 on
+    ``num_workers`` worker processes build batches ahead of the optimiser (``null``: 0 on
     CPU, up to 8 beside a GPU); it changes speed, never which batches are drawn.
     ``snapshots``: fractions of the run (of the time budget with ``schedule: time``,
     else of the iterations), e.g. ``[0.5]``, at which a copy of the weights is kept
