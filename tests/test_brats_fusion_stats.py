@@ -85,3 +85,28 @@ def test_goal_three_says_when_it_is_partial():
     results = [*_results(0.0), _run("B", "segfuse_dropout", {c: 0.8 for c in CASES}, settings=("all", "none"))]
     verdict = {g["goal"]: g["verdict"] for g in bench.goals(results, MEMORY)}[3]
     assert verdict.startswith("met (partial") and "segfuse_no_flair" in verdict
+
+
+def test_the_default_is_the_best_complete_candidate_and_goals_judge_it():
+    results = _results(-0.05)  # the config's concat fusion loses to early fusion ...
+    rng = np.random.default_rng(0)
+    early = {c: 0.8 + 0.05 * rng.standard_normal() for c in CASES}
+    results.append(_run("A", "segfuse_gated", {c: d + 0.01 for c, d in early.items()}))  # ... gated wins
+    default, means = bench.chosen_default(results, "A")
+    assert default == "segfuse_gated" and set(means) == {"segfuse", "segfuse_gated"}
+    assert bench.chosen_default(results, "B")[0] == "segfuse"  # no gated run in task B
+    goal1 = {g["goal"]: g for g in bench.goals(results, MEMORY)}[1]
+    a_checks = [c for c in goal1["checks"] if c["task"] == "A"]
+    assert [(c["variant"], c["counts"], c["ok"]) for c in a_checks] == [("segfuse_gated", True, True),
+                                                                         ("segfuse", False, False)]
+    assert goal1["verdict"] == "missed"  # task B's concat still counts and loses
+
+
+def test_a_candidate_missing_a_fold_is_not_chosen():
+    results = _results(-0.05)
+    gated = _run("A", "segfuse_gated", {c: 0.99 for c in CASES})
+    results.append({**_run("A", "early_lowres", {"t00": 0.8}), "fold": 1})  # fold 1 exists ...
+    results.append({**_run("A", "segfuse", {"t00": 0.7}), "fold": 1})  # ... segfuse ran it ...
+    results.append(gated)  # ... gated did not
+    default, means = bench.chosen_default(results, "A")
+    assert default == "segfuse" and set(means) == {"segfuse"}
