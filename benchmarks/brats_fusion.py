@@ -171,8 +171,12 @@ def _tag(scale: tuple[int, ...]) -> str:
 
 
 def prepare(task: Task, data_dir: Path, scale: tuple[int, ...], subjects: list[tuple[str, Path]],
-            portable: bool = False) -> Path:
+            portable: bool = False, suffix: str = "") -> Path:
     """Low-resolution copies (made by code), whole-tumour masks and the task's manifest; returns it.
+
+    The manifest is ``task_<key><suffix>.yaml`` (``--quick`` writes ``task_a_quick.yaml``, so a
+    smoke run never replaces the manifest a study or ``plan_quality.py`` is reading); it is
+    written to a temporary file and renamed into place.
 
     ``portable`` (for a GPU machine without the shared data): the primary and label files are
     copied beside the low-resolution copies, which are rounded to int16 like their sources, the
@@ -220,9 +224,11 @@ def prepare(task: Task, data_dir: Path, scale: tuple[int, ...], subjects: list[t
         cases.append({"case_id": case_id, "primary": str(primary), "label": str(label), "aux": aux})
     labels = {0: "background", 1: "necrosis", 2: "oedema", 4: "enhancing"} if task.regions else \
         {0: "background", 1: "whole_tumour"}
-    manifest = data_dir / f"task_{task.key.lower()}.yaml"
-    manifest.write_text(yaml.safe_dump({"name": f"brats_task_{task.key}", "labels": labels,
-                                        "primary_name": task.primary, "cases": cases}, sort_keys=False))
+    manifest = data_dir / f"task_{task.key.lower()}{suffix}.yaml"
+    tmp = manifest.with_name(f".{manifest.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump({"name": f"brats_task_{task.key}", "labels": labels,
+                                   "primary_name": task.primary, "cases": cases}, sort_keys=False))
+    os.replace(tmp, manifest)
     return manifest
 
 
@@ -255,8 +261,10 @@ def stacked(task: Task, manifest: Path, which: str, tag: str) -> Path:
             nib.save(nib.Nifti1Image(np.stack(channels, axis=-1), primary.affine, primary.header), path)
         cases.append({"case_id": case["case_id"], "primary": str(path),
                       "label": str(manifest.parent / case["label"])})
-    out.write_text(yaml.safe_dump({"labels": tree["labels"], "primary_name": "+".join([task.primary, *names]),
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(yaml.safe_dump({"labels": tree["labels"], "primary_name": "+".join([task.primary, *names]),
                                    "cases": cases}, sort_keys=False))
+    os.replace(tmp, out)
     return out
 
 
@@ -712,7 +720,8 @@ def main(argv: list[str] | None = None) -> int:
             if limit:
                 subjects = subjects[:: max(1, len(subjects) // limit)][:limit]
             print(f"[brats_fusion] task {key}: preparing {len(subjects)} subjects in {args.data_dir}", flush=True)
-            manifest = prepare(task, args.data_dir, scale, subjects, portable=args.gpu)
+            manifest = prepare(task, args.data_dir, scale, subjects, portable=args.gpu,
+                               suffix="_quick" if limit else "")
         else:
             manifest = args.data_dir / f"task_{key.lower()}.yaml"
             subjects = [(c["case_id"], Path()) for c in _yaml(manifest)["cases"]]

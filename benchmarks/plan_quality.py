@@ -26,9 +26,15 @@ Datasets and folds (fixed, stated here so the benchmark can be rerun):
   Hand-made: ``brats_2d`` (``brats_fusion.py``'s ``segfuse_conv``: 2D 128 × 128,
   batch 8, smp ResNet18 depth 4) and ``brats_3d``
   (``configs/brats_t1_flair_lowres.yaml`` as shipped, dropout set to 0 like the 2D one).
-- ``brats_regions``: ``../shared/data/brats19_multimodal`` (13 subjects), T1ce primary
-  with FLAIR and T2 auxiliaries, BraTS regions; runs only once the config has
-  region support (``data.regions``), and is skipped with a note otherwise.
+- ``brats_regions``: the 13 ``brats19_multimodal`` subjects as ``brats_fusion.py``'s
+  task B prepares them (``runs/brats_lowres/task_b.yaml``: T1ce primary, FLAIR and T2
+  simulated at 2 × 2 × 4 mm by ``segfuse.data.lowres``; made here when missing), the
+  three BraTS regions; subjects sorted by id and dealt ``i mod 3``. Hand-made:
+  ``brats_regions_3d`` (``configs/brats_t1ce_flair_t2_lowres.yaml``, dropout 0) and
+  ``brats_regions_2d`` (the same with ``brats_2d``'s 2D settings). The plan knows
+  nothing of regions (``segfuse plan`` writes per-label classes), so its config gets
+  the base config's ``data.regions``, as a user following the README would add them.
+  Score: mean Dice over the three regions.
 
 Reported per dataset and budget: Dice (mean ± std over held-out cases), iterations,
 the measured seconds per iteration (optimisation time / iterations) and, for the
@@ -48,7 +54,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import subprocess
 import sys
@@ -62,6 +67,8 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 BRATS_MANIFEST = REPO / "configs" / "brats18_manifest.yaml"
 BRATS_AUX = "flair_2x2x4mm"
+REGIONS_MANIFEST = REPO / "runs" / "brats_lowres" / "task_b.yaml"  # brats_fusion.py --prepare-only makes it
+REGIONS_AUX = ("flair_2x2x4mm", "t2_2x2x4mm")
 ESTIMATE_TOLERANCE = 0.30
 DICE_MARGIN = 0.02
 
@@ -78,7 +85,15 @@ HAND: dict[str, dict[str, tuple[Path, list[str]]]] = {
                       f"data.aux.{BRATS_AUX}.dropout=0.0"]),
         "brats_3d": (REPO / "configs" / "brats_t1_flair_lowres.yaml", [f"data.aux.{BRATS_AUX}.dropout=0.0"]),
     },
-    "brats_regions": {},  # no hand-made regions config yet: filled in with the regions support
+    "brats_regions": {
+        "brats_regions_2d": (REPO / "configs" / "brats_t1ce_flair_t2_lowres.yaml",
+                             ["model.mode=2d", "model.widen_factor=1.0", "model.norm=batch",
+                              "model.deep_supervision=false", "training.patch_size=[128, 128]",
+                              "training.batch_size=8", "inference.overlap=0.25", "inference.sw_batch_size=8",
+                              *(f"data.aux.{a}.dropout=0.0" for a in REGIONS_AUX)]),
+        "brats_regions_3d": (REPO / "configs" / "brats_t1ce_flair_t2_lowres.yaml",
+                             [f"data.aux.{a}.dropout=0.0" for a in REGIONS_AUX]),
+    },
 }
 DATASETS = tuple(HAND)
 
@@ -86,10 +101,17 @@ DATASETS = tuple(HAND)
 # ------------------------------------------------------------------ datasets and folds
 
 
-def has_regions() -> bool:
-    from segfuse.config import DataConfig
+def base_regions() -> dict[str, list[int]]:
+    """The BraTS regions of the shipped multi-auxiliary config (what the plan variant is given)."""
+    import yaml
 
-    return "regions" in {f.name for f in dataclasses.fields(DataConfig)}
+    return yaml.safe_load(HAND["brats_regions"]["brats_regions_3d"][0].read_text())["data"]["regions"]
+
+
+def ensure_regions_data() -> None:
+    """(Re)write ``REGIONS_MANIFEST`` with all 13 subjects, making missing low-resolution copies (brats_fusion.py)."""
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "brats_fusion.py"), "--prepare-only",
+                    "--tasks", "B"], check=True)
 
 
 def dataset_source(name: str) -> tuple[Path, list[str] | None]:
@@ -98,7 +120,7 @@ def dataset_source(name: str) -> tuple[Path, list[str] | None]:
         return DATA / "hippocampus", None
     if name == "brats_wt":
         return BRATS_MANIFEST, [BRATS_AUX]
-    return DATA / "brats19_multimodal", ["flair", "t2"]
+    return REGIONS_MANIFEST, list(REGIONS_AUX)
 
 
 def folds(name: str) -> list[list[str]]:
@@ -169,8 +191,9 @@ def run_one(job: dict) -> dict:
         plan_info = {"plan_seconds": round(time.perf_counter() - started, 1), "reason": budget.reason,
                      "estimate_s_per_it": c.seconds_per_iteration, "estimate_iterations": c.iterations,
                      "chosen": c.candidate.describe(), "measured": [m.describe() for m in budget.measured]}
+        regions = [f"data.regions={json.dumps(base_regions())}"] if name == "brats_regions" else []
         cfg = load_config(run_dir.parent / f"{run_dir.name}_plan" / "plan.yaml",
-                          [f"data.dataset={source}", *common])
+                          [f"data.dataset={source}", *regions, *common])
     else:
         config, overrides = HAND[name][variant]
         cfg = load_config(config, [f"data.dataset={source}", *overrides, *common])
@@ -183,8 +206,9 @@ def run_one(job: dict) -> dict:
     refs = reference_folder(evaluated, out / "references" / f"{name}_fold{job['fold']}")
     preds = run_dir / "predictions"
     predict(run_dir / "checkpoint_last.pt", evaluated, preds, device="cpu", progress=False)
-    labels = {k: v for k, v in dataset.labels.items() if k}
-    evaluation = evaluate(preds, refs, run_dir / "evaluation", labels=labels, progress=False)
+    labels = None if cfg.data.regions else {k: v for k, v in dataset.labels.items() if k}
+    evaluation = evaluate(preds, refs, run_dir / "evaluation", labels=labels, regions=cfg.data.regions,
+                          progress=False)
     per_case: dict[str, list[float]] = {}
     for row in evaluation.rows:
         per_case.setdefault(row["case_id"], []).append(float(row["dice"]))
@@ -307,9 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out / ("quick" if args.quick else "full")
     results = []
     for name in datasets:
-        if name == "brats_regions" and not has_regions():
-            print("[plan_quality] brats_regions skipped: this checkout has no region support (data.regions)")
-            continue
+        if name == "brats_regions":
+            ensure_regions_data()
         for fold, held_out in enumerate(folds(name)):
             if args.folds is not None and fold not in args.folds:
                 continue
