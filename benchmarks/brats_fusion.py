@@ -473,6 +473,8 @@ def per_subject(results: list[dict[str, Any]], checkpoint: str = "final") -> dic
     table: dict[tuple[str, str], dict[str, dict[str, tuple[float, float]]]] = {}
     for r in results:
         for setting, rows in r["scores"].get(checkpoint, {}).items():
+            if setting == "none" and len(TASKS[r["task"]].aux) == 1:  # the same as "without <the one auxiliary>"
+                continue
             name = r["variant"] if setting == "all" else f"{r['variant']} [{setting}]"
             for row in rows:
                 table.setdefault((r["task"], name), {}).setdefault(row["case_id"], {})[row["name"]] = (
