@@ -42,8 +42,10 @@ region come from ``segfuse evaluate``. Statistics: per-subject paired difference
 against early fusion (mean, 95 % percentile bootstrap CI over subjects, 10 000
 resamples, seed 0, wins/losses); cost: seconds per iteration of each run and the peak
 memory of one training step of each variant's network on its batch (a separate
-subprocess, as ``benchmarks/model_cost.py``: peak RSS minus RSS after building the
-model and batch, glibc ``MALLOC_MMAP_THRESHOLD_`` 1 MiB), plus the runs' peak RSS.
+subprocess: the resident high-water mark ``VmHWM``, restarted after building the model
+and batch, minus the RSS at that point, over 5 steps, glibc ``MALLOC_MMAP_THRESHOLD_``
+1 MiB), plus the runs' peak RSS (``VmHWM``; not ``ru_maxrss``, which Linux carries
+over from the spawning parent).
 
 ``--mode 2d`` (default) trains 2.5D on axial slices (patch 128 × 128, batch 8, smp
 ResNet18, depth 4), the setting that fits a 2-core CPU; ``--mode 3d`` keeps the
@@ -65,7 +67,6 @@ import csv
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -338,6 +339,23 @@ def _rows(per_case: Path) -> list[dict[str, Any]]:
                 for r in csv.DictReader(handle)]
 
 
+def _status_mib(field: str) -> float:
+    """``VmRSS`` or ``VmHWM`` of this process in MiB, from ``/proc/self/status``.
+
+    ``VmHWM`` (the resident high-water mark) belongs to this process's own address space.
+    ``getrusage().ru_maxrss`` does not: Linux carries it across ``execve``, so a worker
+    spawned by a parent holding 1.4 GiB reports at least 1.4 GiB whatever it uses itself.
+    """
+    with open("/proc/self/status") as handle:
+        return next(int(line.split()[1]) for line in handle if line.startswith(field + ":")) / 1024
+
+
+def _reset_peak_rss() -> None:
+    """Restart ``VmHWM`` from the current RSS (``/proc/self/clear_refs``, Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")
+
+
 def run_one(job: dict[str, Any]) -> dict[str, Any]:
     """Train one variant on one fold, evaluate its snapshots and final weights on the fold (in this process)."""
     import torch
@@ -357,7 +375,7 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
     started = time.monotonic()
     result = train(cfg, run_dir=run_dir, progress=False)
     train_wall = time.monotonic() - started
-    train_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    train_rss = _status_mib("VmHWM")
     gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else None
     train_s = float(result.history[-1]["train_s"]) if result.history else float("nan")
 
@@ -399,7 +417,8 @@ def run_one(job: dict[str, Any]) -> dict[str, Any]:
         "seconds_per_iteration": train_s / max(1, result.iteration),
         "train_wall_seconds": round(train_wall, 1),
         "peak_rss_train_mib": round(train_rss, 1),
-        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mib": round(_status_mib("VmHWM"), 1),
+        "rss_measure": "VmHWM",  # runs without this key measured ru_maxrss, which counts the parent's pages
         "gpu_peak_allocated_mib": gpu_peak,
         "scores": scores,
     }
@@ -420,10 +439,6 @@ def step_memory(job: dict[str, Any]) -> dict[str, Any]:
     from segfuse.factory import build_model
     from segfuse.training.losses import build_loss
 
-    def rss_mib() -> float:
-        with open("/proc/self/status") as handle:
-            return next(int(line.split()[1]) for line in handle if line.startswith("VmRSS")) / 1024
-
     torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
     cfg = run_config(job)
@@ -440,17 +455,19 @@ def step_memory(job: dict[str, Any]) -> dict[str, Any]:
     aux = {n: torch.randn(b, 1, *[p // s for p, s in zip(patch, spec.scale[:dims], strict=True)])
            for n, spec in cfg.data.aux.items()}
     y = torch.randint(0, 2, (b, 1, *patch)).float()
-    base = rss_mib()
+    base = _status_mib("VmRSS")
+    _reset_peak_rss()
     times = []
-    for _ in range(3):
+    for _ in range(5):
         t = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss = loss_fn(model(x, aux=aux), y)
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _status_mib("VmHWM")
     return {"task": job["task"], "variant": job["variant"], "mode": job["mode"], "step_peak_mib": peak - base,
+            "rss_measure": "VmHWM",
             "rss_base_mib": base, "step_seconds_median": float(np.median(times[1:])),
             "parameters": sum(p.numel() for p in model.parameters())}
 
@@ -611,8 +628,9 @@ def report(results: list[dict[str, Any]], memory: list[dict[str, Any]], snapshot
                 h = h[~np.isnan(h)]
                 cells.append(_fmt(h.mean(), 1) if h.size else "n/a")
             spi = np.mean([r["seconds_per_iteration"] for r in runs])
-            rss = max(r["peak_rss_train_mib"] for r in runs)
-            lines.append(f"| {setting} | " + " | ".join(cells) + f" | {spi:.2f} | {rss:.0f} |")
+            measured = [r["peak_rss_train_mib"] for r in runs if r.get("rss_measure") == "VmHWM"]
+            rss = f"{max(measured):.0f}" if measured else "n/a"
+            lines.append(f"| {setting} | " + " | ".join(cells) + f" | {spi:.2f} | {rss} |")
         lines += ["", "Paired differences per subject (setting − reference), mean [95 % bootstrap CI], wins/losses:",
                   "", "| setting | reference | region | n | mean | CI95 | wins | losses |",
                   "|---|---|---|---:|---:|---|---:|---:|"]
