@@ -9,7 +9,7 @@ Two panels for one task, both rebuilt from the recorded numbers (no training her
   (the snapshots and the final weights), to show whether the ranking has settled.
 
 Usage:
-    python benchmarks/plot_brats_fusion.py docs/results/brats_fusion_23_k5_4min_taskA.json \
+    python benchmarks/plot_brats_fusion.py docs/results/brats_fusion_23_k5_4min_taskA_folds0-3.json \
         --out docs/img/brats_fusion_taskA.png
 """
 
@@ -23,7 +23,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from brats_fusion import headline, per_subject
+from brats_fusion import dice_of, headline, per_subject
+
+from segfuse.io.atomic import atomic_output_path
 
 REFERENCE = "early_lowres"
 
@@ -40,33 +42,31 @@ def plot(payload: dict, task: str, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in payload["runs"] if r["task"] == task]
+    runs = [r for r in payload["runs"] if r.get("task") == task]
     region = headline(task)
-    table = per_subject(runs, "final")
-    reference = table[(task, REFERENCE)]
-    settings = sorted(s for (t, s) in table if t == task)
+    names = checkpoints_of(runs)
+    tables = {name: per_subject(runs, name) for name in names}  # {checkpoint: {(task, setting): …}}
+    settings = sorted(s for (t, s) in tables.get("final", {}) if t == task)
+    if REFERENCE not in settings:
+        raise ValueError(f"task {task} has no final {REFERENCE} scores (settings found: {settings or 'none'})")
+    reference = dice_of(tables["final"], task, REFERENCE, region)
     colour = {s: plt.get_cmap("tab10")(i) for i, s in enumerate(settings)}
     fig, (pairs, curve) = plt.subplots(1, 2, figsize=(11, 5))
     for setting in settings:
         if setting == REFERENCE:
             continue
-        subjects = table[(task, setting)]
-        common = sorted(set(subjects) & set(reference))
-        x = [reference[c][region][0] for c in common]
-        y = [subjects[c][region][0] for c in common]
-        pairs.scatter(x, y, s=22, color=colour[setting], label=f"{setting} (n={len(common)})")
+        dice = dice_of(tables["final"], task, setting, region)
+        common = sorted(set(dice) & set(reference))
+        pairs.scatter([reference[c] for c in common], [dice[c] for c in common], s=22, color=colour[setting],
+                      label=f"{setting} (n={len(common)})")
     pairs.plot([0, 1], [0, 1], color="grey", lw=1)
     pairs.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"{REFERENCE}: {region} Dice", ylabel=f"setting: {region} Dice",
               title=f"Task {task}, per subject, final weights")
     pairs.legend(fontsize=8, loc="upper left")
 
-    names = checkpoints_of(runs)
     for setting in settings:
-        means = []
-        for name in names:
-            subjects = per_subject(runs, name).get((task, setting), {})
-            values = [v[region][0] for v in subjects.values() if region in v]
-            means.append(np.mean(values) if values else np.nan)
+        means = [np.mean(list(d.values())) if (d := dice_of(tables[name], task, setting, region)) else np.nan
+                 for name in names]
         curve.plot(range(len(names)), means, marker="o", color=colour[setting], label=setting)
     curve.set_xticks(range(len(names)), names)
     curve.set(xlabel="checkpoint (share of the time budget)", ylabel=f"mean {region} Dice",
@@ -74,7 +74,8 @@ def plot(payload: dict, task: str, out: Path) -> None:
     curve.legend(fontsize=8)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    with atomic_output_path(out) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
     print(f"wrote {out}")
 
 
@@ -84,7 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default="A", choices=("A", "B"))
     parser.add_argument("--out", type=Path, default=Path("docs/img/brats_fusion_taskA.png"))
     args = parser.parse_args(argv)
-    plot(json.loads(args.results.read_text()), args.task, args.out)
+    try:
+        payload = json.loads(args.results.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        print(f"{args.results}: cannot read the study's results.json: {err}", file=sys.stderr)
+        return 2
+    if not isinstance(payload, dict) or not isinstance(payload.get("runs"), list):
+        print(f"{args.results}: not a results.json of benchmarks/brats_fusion.py (no 'runs' list; "
+              f"older studies wrote another format)", file=sys.stderr)
+        return 2
+    if args.out.resolve() == args.results.resolve():
+        print(f"{args.out}: the plot would overwrite its input", file=sys.stderr)
+        return 2
+    try:
+        plot(payload, args.task, args.out)
+    except ValueError as err:
+        print(f"{args.results}: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
