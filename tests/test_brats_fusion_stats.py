@@ -110,3 +110,55 @@ def test_a_candidate_missing_a_fold_is_not_chosen():
     results.append(gated)  # ... gated did not
     default, means = bench.chosen_default(results, "A")
     assert default == "segfuse" and set(means) == {"segfuse"}
+
+
+def test_report_gives_peak_rss_only_from_runs_that_measured_their_own():
+    results = _results(0.0)
+    for r in results:  # runs written before the VmHWM fix carry the parent's ru_maxrss and no marker
+        r["peak_rss_train_mib"] = 1455.0
+    own = next(r for r in results if r["task"] == "A" and r["variant"] == "segfuse")
+    own.update(peak_rss_train_mib=321.0, rss_measure="VmHWM")
+    memory = [{**m, "step_seconds_median": 0.5, "parameters": 10} for m in MEMORY]
+    task_a = bench.report(results, memory, []).split("Paired differences")[0]  # task A's summary table
+    rows = {line.split(" | ")[0].strip("| "): line for line in task_a.splitlines() if line.startswith("| ")}
+    assert rows["segfuse"].endswith("| 321 |")
+    assert rows["early_lowres"].endswith("| n/a |")
+
+
+def test_peak_rss_is_this_process_own_and_restarts():
+    base = bench._status_mib("VmRSS")
+    block = bytearray(256 * 2**20)
+    block[:: 4096] = b"\1" * len(block[:: 4096])  # touch every page
+    del block
+    assert bench._status_mib("VmHWM") >= base + 200
+    bench._reset_peak_rss()
+    assert bench._status_mib("VmHWM") < base + 100
+
+
+def _plot_main():
+    spec = importlib.util.spec_from_file_location(
+        "plot_brats_fusion", Path(__file__).resolve().parents[1] / "benchmarks" / "plot_brats_fusion.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+def test_plot_draws_a_study_and_refuses_what_is_not_one(tmp_path, capsys):
+    import json
+
+    main = _plot_main()
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"runs": _results(0.0)}))
+    out = tmp_path / "img" / "plot.png"
+    assert main([str(results), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    old = tmp_path / "old.json"
+    old.write_text("[1, 2]")
+    assert main([str(old), "--out", str(tmp_path / "o.png")]) == 2
+    assert "no 'runs' list" in capsys.readouterr().err
+    assert main([str(results), "--out", str(results)]) == 2
+    assert json.loads(results.read_text())["runs"]  # the input is untouched
+    assert main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "m.png")]) == 2
+    assert main([str(results), "--task", "B", "--out", str(tmp_path / "b.png")]) == 0  # B has early_lowres too
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "m.png").exists()
