@@ -28,7 +28,10 @@ auxiliary settings — mapper, fusion, features, levels — applied to every aux
   independently per auxiliary), evaluated with every auxiliary present, each absent
   and all absent (``segfuse ablate``);
 - on request (``--variants``), the design space of issue 12 part 2: ``segfuse_add`` and
-  ``segfuse_gated`` (``segfuse`` with add or gated fusion instead of the config's);
+  ``segfuse_gated`` (``segfuse`` with add or gated fusion instead of the config's), and
+  ``segfuse_linear`` (2.5D: each auxiliary interpolated along the slice axis to the
+  primary slice's position, ``model.aux_slice: linear``, instead of the thick slice
+  that contains it);
 - task B only, ``segfuse_no_<aux>``: ``segfuse`` trained without that auxiliary (the
   reference of goal 3 for one auxiliary absent).
 
@@ -121,8 +124,12 @@ TASKS = {
 }
 
 
-# design-space variants (issue 12 part 2), run on request with --variants: segfuse with another fusion
-DESIGN_VARIANTS = ("segfuse_add", "segfuse_gated")
+# design-space variants (issue 12 part 2), run on request with --variants: segfuse with another fusion, or
+# (2.5D only) with each auxiliary interpolated along the slice axis to the primary slice's position
+# (``model.aux_slice: linear``) instead of the thick slice containing it; segfuse_linear was added on
+# 2026-12-06, after the 4-minute task-A result and before any run of it, to test the hypothesis that
+# nearest-slab sampling is what early fusion's trilinear upsampling beats
+DESIGN_VARIANTS = ("segfuse_add", "segfuse_gated", "segfuse_linear")
 
 
 # Part 2's choice of the default, pre-registered on 2026-12-04 before the 23-subject run: among ``segfuse``
@@ -305,9 +312,11 @@ def run_config(job: dict[str, Any]) -> Any:
             spec = copy.deepcopy(default_aux)
             spec["scale"] = list(job["scale"])
             spec["dropout"] = (spec.get("dropout") or 0.3) if variant == "segfuse_dropout" else 0.0
-            if variant in DESIGN_VARIANTS:
+            if variant in ("segfuse_add", "segfuse_gated"):
                 spec["fusion"] = variant.removeprefix("segfuse_")
             data["aux"][f"{name}_{tag}"] = spec
+    if variant == "segfuse_linear":
+        tree["model"]["aux_slice"] = "linear"
     data["val_cases"] = list(job["val_cases"])
     training = tree["training"]
     training.update(schedule="time", max_minutes=job["minutes"], iterations=10**7, iterations_per_epoch=10**7,

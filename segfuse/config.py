@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from segfuse.auxiliary import FUSION_MODES, MAPPER_KINDS, AuxInput, ModalityNorm
+from segfuse.data.aux_slices import AUX_SLICE_MODES
 from segfuse.io.errors import SegfuseInputError
 
 #: Label regions: region name → label values, broadest first (``data.regions``).
@@ -96,6 +97,9 @@ class ModelConfig:
 
     mode: str = "3d"
     context_slices: int = 0
+    # 2d only: the auxiliary plane beside primary slice z, "containing" (slice z // scale)
+    # or "linear" (interpolated along the slice axis); see segfuse.data.aux_slices
+    aux_slice: str = "containing"
     encoder_depth: int = 5
     encoder_weights: str | None = None
     widen_factor: float = 1.0
@@ -358,6 +362,15 @@ def validate(cfg: Config) -> Config:
     _validate_folds(cfg)
     if cfg.model.context_slices and dims == 3:
         raise SegfuseInputError("config key model.context_slices: 2.5D context only applies to mode 2d")
+    if cfg.model.aux_slice not in AUX_SLICE_MODES:
+        raise SegfuseInputError(
+            f"config key model.aux_slice: expected one of {list(AUX_SLICE_MODES)}, got {cfg.model.aux_slice!r}"
+        )
+    if cfg.model.aux_slice != "containing" and dims == 3:
+        raise SegfuseInputError(
+            f"config key model.aux_slice: {cfg.model.aux_slice!r} only applies to mode 2d (a 3D model sees "
+            "every auxiliary whole at its own scale)"
+        )
     return cfg
 
 

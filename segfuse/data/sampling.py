@@ -26,6 +26,7 @@ import numpy as np
 
 from segfuse.auxiliary import lcm_of_scales
 from segfuse.data.augment import augment_sample
+from segfuse.data.aux_slices import aux_slice
 from segfuse.data.preprocess import PreparedCase
 
 MAX_FOREGROUND_POINTS = 20_000
@@ -302,14 +303,15 @@ def sample_patch(
     augment_cfg,
     slice_axis: int | None = None,
     context: int = 0,
+    aux_slice_mode: str = "containing",
 ) -> dict[str, np.ndarray]:
     """One training sample.
 
     3D: ``primary`` ``(C, *patch)``, ``aux_<name>`` ``(C_a, *patch / scale)``,
     ``present_<name>`` scalar (0 after modality dropout or when absent), ``label``
     ``(1, *patch)``. 2D (``slice_axis`` set): one slice of the primary with
-    ``context`` neighbours on each side as channels, the auxiliary slice that
-    contains it, and 2D patches.
+    ``context`` neighbours on each side as channels, each auxiliary's plane for that
+    slice (``aux_slice_mode``, :mod:`segfuse.data.aux_slices`), and 2D patches.
     """
     lcm = lcm_of_scales(scales)
     if slice_axis is None:
@@ -331,7 +333,7 @@ def sample_patch(
         used_scales = scales
     else:
         primary, aux, label, spacing, used_scales = _slice_window(
-            case, patch, margin, scales, lcm, rng, foreground, slice_axis, context
+            case, patch, margin, scales, lcm, rng, foreground, slice_axis, context, aux_slice_mode
         )
         out_size = list(patch)
     primary, aux, label = augment_sample(primary, aux, label, used_scales, out_size, spacing, rng, augment_cfg)
@@ -346,8 +348,12 @@ def sample_patch(
     return sample
 
 
-def _slice_window(case, patch, margin, scales, lcm, rng, foreground, axis, context):
-    """2D window: pick a slice (foreground-biased), cut an in-plane window around it."""
+def _slice_window(case, patch, margin, scales, lcm, rng, foreground, axis, context, aux_mode="containing"):
+    """2D window: pick a slice (foreground-biased), cut an in-plane window around it.
+
+    Each auxiliary gives the plane :func:`segfuse.data.aux_slices.aux_slice` picks for
+    slice ``z`` (``aux_mode``: ``"containing"`` or ``"linear"``).
+    """
     plane = [d for d in range(3) if d != axis]
     window3 = [0, 0, 0]
     for d, p, m in zip(plane, patch, margin, strict=True):
@@ -386,6 +392,8 @@ def _slice_window(case, patch, margin, scales, lcm, rng, foreground, axis, conte
             aux[name] = None
             continue
         box = tuple(slice(start[d] // s[d], (start[d] + window3[d]) // s[d]) for d in plane)
-        aux[name] = take(array, z // s[axis], box)
+        aux[name] = aux_slice(
+            lambda k, array=array, box=box: take(array, k, box), z, s[axis], array.shape[1 + axis], aux_mode
+        )
     spacing = tuple(case.spacing[d] for d in plane)
     return primary, aux, label, spacing, scales2d

@@ -14,8 +14,9 @@
    over the primary and every auxiliary together and blends softmax
    probabilities (AMP on CUDA only). A 2D model runs slice by slice along the
    last axis: each primary slice with ``context_slices`` neighbours on each
-   side (clamped at the edges) as channels, with auxiliary slice ``z // scale_z``
-   at the in-plane scale ``(sx, sy)``;
+   side (clamped at the edges) as channels, with each auxiliary's plane for
+   slice ``z`` (``model.aux_slice``: slice ``z // scale_z``, or the interpolation
+   between the two nearest, :mod:`segfuse.data.aux_slices`) at the in-plane scale ``(sx, sy)``;
 4. the probabilities go back to the **exact input grid**: when the network grid
    is the canonical reorientation of the source grid they are only un-permuted
    and un-flipped (:func:`~segfuse.io.geometry.from_canonical`); otherwise

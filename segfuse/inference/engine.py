@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from segfuse.auxiliary import aux_scales
+from segfuse.data.aux_slices import aux_slice
 from segfuse.data.preprocess import PreparedCase
 from segfuse.inference.windows import Predictor, sliding_window_multires
 
@@ -71,7 +72,8 @@ def predict_prepared(
             primary, aux, scales, predictor, cfg.roi_size, mirror_axes=axes or None, progress=progress, **options
         )
         return out[0]
-    # 2D: slices along the last axis; k neighbours on each side as channels (clamped).
+    # 2D: slices along the last axis; k neighbours on each side as channels (clamped);
+    # each auxiliary's plane for slice z as in training (segfuse.data.aux_slices).
     k = cfg.model.context_slices
     n = case.shape[2]
     scales2d = {name: s[:2] for name, s in scales.items()}
@@ -81,7 +83,13 @@ def predict_prepared(
         primary = torch.from_numpy(np.ascontiguousarray(case.primary[:, :, :, index]))
         primary = primary.permute(0, 3, 1, 2).reshape(1, -1, *case.shape[:2])
         aux = {
-            name: None if v is None else torch.from_numpy(np.ascontiguousarray(v[:, :, :, z // scales[name][2]]))[None]
+            name: None
+            if v is None
+            else torch.from_numpy(
+                np.ascontiguousarray(
+                    aux_slice(lambda j, v=v: v[:, :, :, j], z, scales[name][2], v.shape[3], cfg.model.aux_slice)
+                )
+            )[None]
             for name, v in aux_arrays.items()
         }
         roi = cfg.roi_size[:2]

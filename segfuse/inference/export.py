@@ -267,7 +267,12 @@ def export_metadata(model: LoadedModel, fmt: str, *, example_shapes: Mapping[str
             if dims == 3
             else "2D: the network runs on the slices along the last axis; for slice z, image holds slices "
             f"z-{cfg.model.context_slices}..z+{cfg.model.context_slices} (clamped at the edges) as channels and "
-            "each auxiliary its slice z // scale[2]",
+            + (
+                "each auxiliary its slice z // scale[2]"
+                if cfg.model.aux_slice == "containing"
+                else "each auxiliary the linear interpolation along the last axis between its slices k0 = "
+                "floor(t) and k0 + 1 (clamped), t = (z + 0.5) / scale[2] - 0.5, weights 1 - (t - k0) and t - k0"
+            ),
         },
         "inputs": inputs,
         "outputs": [{"name": "logits", "shape": out_shape, "dtype": "float32"}],

@@ -189,7 +189,7 @@ def _batch(
             sample_patch(
                 case, t.patch_size, margin, scales, dropout, rng, foreground=i >= t.batch_size - n_fg,
                 augment_cfg=t.augment, slice_axis=2 if cfg.spatial_dims == 2 else None,
-                context=cfg.model.context_slices,
+                context=cfg.model.context_slices, aux_slice_mode=cfg.model.aux_slice,
             )
         )
 

@@ -288,7 +288,7 @@ def time_batches(
         for i in range(t.batch_size):
             sample_patch(case, t.patch_size, margin, scales, dropout, rng, foreground=i >= t.batch_size - n_fg,
                          augment_cfg=t.augment, slice_axis=2 if dims == 2 else None,
-                         context=cfg.model.context_slices)
+                         context=cfg.model.context_slices, aux_slice_mode=cfg.model.aux_slice)
         times.append(time.perf_counter() - t0)
         if sum(times) >= max_seconds:
             break
