@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
+import SimpleITK as sitk  # noqa: N813
 import torch
 from helpers import predict_config
 
@@ -97,10 +97,8 @@ def test_training_samples_give_the_auxiliary_plane_of_the_mode(mode):
         )
         z = int(sample["primary"][0, 0, 0]) - 1
         seen.add(z)
-        if mode == "containing":
-            expected = (z // 4) * 4 + 1.5 + 1
-        else:  # a linear ramp is reproduced exactly between the outer slab centres
-            expected = min(max(z, 1.5), 21.5) + 1
+        # containing: the slab's centre value; linear: a ramp is reproduced exactly between the outer centres
+        expected = (z // 4) * 4 + 1.5 + 1 if mode == "containing" else min(max(z, 1.5), 21.5) + 1
         np.testing.assert_allclose(sample["aux_flair"], expected, atol=1e-5)
     assert len({z % 4 for z in seen}) == 4  # every position inside a slab was drawn
 
@@ -137,8 +135,8 @@ def test_linear_and_containing_predict_differently_from_the_same_weights():
 
 
 def test_config_rejects_an_unknown_mode_and_linear_in_3d():
-    with pytest.raises(SegfuseInputError, match="model.aux_slice.*'cubic'"):
+    with pytest.raises(SegfuseInputError, match=r"model\.aux_slice.*'cubic'"):
         config_from_dict(predict_config(mode="2d", aux_slice="cubic"))
-    with pytest.raises(SegfuseInputError, match="model.aux_slice.*only applies to mode 2d"):
+    with pytest.raises(SegfuseInputError, match=r"model\.aux_slice.*only applies to mode 2d"):
         config_from_dict(predict_config(mode="3d", aux_slice="linear"))
     assert config_from_dict(predict_config(mode="3d")).model.aux_slice == "containing"

@@ -162,3 +162,20 @@ def test_plot_draws_a_study_and_refuses_what_is_not_one(tmp_path, capsys):
     assert main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "m.png")]) == 2
     assert main([str(results), "--task", "B", "--out", str(tmp_path / "b.png")]) == 0  # B has early_lowres too
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "m.png").exists()
+
+
+def _job(variant: str, mode: str = "2d") -> dict:
+    return {"task": "A", "variant": variant, "mode": mode, "gpu": False, "scale": [2, 2, 4], "tag": "2x2x4mm",
+            "manifest": "task_a.yaml", "early_manifest": None, "minutes": 1.0, "snapshots": [0.5], "threads": 1,
+            "out": "out", "val_cases": ["s00"], "name": "x", "fold": 0}
+
+
+def test_segfuse_linear_changes_only_the_auxiliary_slice_and_is_2d_only():
+    from segfuse.io.errors import SegfuseInputError
+
+    base, linear = bench.run_config(_job("segfuse")), bench.run_config(_job("segfuse_linear"))
+    assert (base.model.aux_slice, linear.model.aux_slice) == ("containing", "linear")
+    assert base.data.aux == linear.data.aux and linear.model.mode == "2d"
+    assert bench.run_config(_job("segfuse_gated")).model.aux_slice == "containing"
+    with pytest.raises(SegfuseInputError, match="only applies to mode 2d"):
+        bench.run_config(_job("segfuse_linear", mode="3d"))
