@@ -31,7 +31,9 @@ auxiliary settings — mapper, fusion, features, levels — applied to every aux
   ``segfuse_gated`` (``segfuse`` with add or gated fusion instead of the config's), and
   ``segfuse_linear`` (2.5D: each auxiliary interpolated along the slice axis to the
   primary slice's position, ``model.aux_slice: linear``, instead of the thick slice
-  that contains it);
+  that contains it), ``segfuse_pyramid`` (each auxiliary with one conv block at every
+  level it enters after the first, ``level_blocks: 1``: a small encoder of its own) and
+  ``segfuse_pyramid_linear`` (both);
 - task B only, ``segfuse_no_<aux>``: ``segfuse`` trained without that auxiliary (the
   reference of goal 3 for one auxiliary absent).
 
@@ -129,7 +131,11 @@ TASKS = {
 # (``model.aux_slice: linear``) instead of the thick slice containing it; segfuse_linear was added on
 # 2026-12-06, after the 4-minute task-A result and before any run of it, to test the hypothesis that
 # nearest-slab sampling is what early fusion's trilinear upsampling beats
-DESIGN_VARIANTS = ("segfuse_add", "segfuse_gated", "segfuse_linear")
+# segfuse_pyramid (each auxiliary with one conv block per level it enters after the first,
+# ``level_blocks: 1``: its own small encoder) and segfuse_pyramid_linear were added on 2026-12-06 after
+# the 4-minute task-A result, before any run of them: segfuse lost most on subjects whose tumour needs the
+# FLAIR read with context, and the coarse levels saw only pooled 2-layer features of it
+DESIGN_VARIANTS = ("segfuse_add", "segfuse_gated", "segfuse_linear", "segfuse_pyramid", "segfuse_pyramid_linear")
 
 
 # Part 2's choice of the default, pre-registered on 2026-12-04 before the 23-subject run: among ``segfuse``
@@ -314,8 +320,10 @@ def run_config(job: dict[str, Any]) -> Any:
             spec["dropout"] = (spec.get("dropout") or 0.3) if variant == "segfuse_dropout" else 0.0
             if variant in ("segfuse_add", "segfuse_gated"):
                 spec["fusion"] = variant.removeprefix("segfuse_")
+            if variant.startswith("segfuse_pyramid"):
+                spec["level_blocks"] = 1
             data["aux"][f"{name}_{tag}"] = spec
-    if variant == "segfuse_linear":
+    if variant in ("segfuse_linear", "segfuse_pyramid_linear"):
         tree["model"]["aux_slice"] = "linear"
     data["val_cases"] = list(job["val_cases"])
     training = tree["training"]

@@ -86,6 +86,12 @@ class AuxInput:
         features: channels the mapper produces (for ``concat``, what each level receives).
         hidden: hidden width of the ``mlp`` mapper.
         mapper_layers: number of convolutions of the ``conv`` mapper.
+        level_blocks: 3×3 convolution blocks (conv, norm, ReLU) applied at every
+            level the auxiliary enters after the first, each on the features
+            brought from the previous level: the auxiliary gets a small encoder of
+            its own whose receptive field grows with the stride, as the primary's
+            does. ``0`` (default): the mapped features are only pooled (or
+            interpolated) to each level.
         levels: strides of the skip levels it enters, e.g. ``(4, 8, 16)``. Default
             (``None``): the finest level whose stride is at least ``scale`` on every
             axis — the closest level at which the auxiliary needs no upsampling —
@@ -103,6 +109,7 @@ class AuxInput:
     features: int = 16
     hidden: int = 32
     mapper_layers: int = 2
+    level_blocks: int = 0
     levels: tuple[int, ...] | None = None
     dropout: float = 0.0
     norm: ModalityNorm = field(default_factory=ModalityNorm)
@@ -124,6 +131,8 @@ class AuxInput:
                 f"AuxInput {self.name!r}: channels and features must be >= 1, "
                 f"got channels={self.channels}, features={self.features}"
             )
+        if self.level_blocks < 0:
+            raise ValueError(f"AuxInput {self.name!r}: level_blocks must be >= 0, got {self.level_blocks}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"AuxInput {self.name!r}: dropout must be in [0, 1), got {self.dropout}")
 

@@ -170,12 +170,16 @@ def _job(variant: str, mode: str = "2d") -> dict:
             "out": "out", "val_cases": ["s00"], "name": "x", "fold": 0}
 
 
-def test_segfuse_linear_changes_only_the_auxiliary_slice_and_is_2d_only():
+def test_design_variants_change_only_their_setting_and_linear_is_2d_only():
     from segfuse.io.errors import SegfuseInputError
 
     base, linear = bench.run_config(_job("segfuse")), bench.run_config(_job("segfuse_linear"))
     assert (base.model.aux_slice, linear.model.aux_slice) == ("containing", "linear")
     assert base.data.aux == linear.data.aux and linear.model.mode == "2d"
     assert bench.run_config(_job("segfuse_gated")).model.aux_slice == "containing"
+    pyramid, both = bench.run_config(_job("segfuse_pyramid")), bench.run_config(_job("segfuse_pyramid_linear"))
+    assert [a.level_blocks for a in pyramid.data.aux.values()] == [1] and pyramid.model.aux_slice == "containing"
+    assert [a.level_blocks for a in both.data.aux.values()] == [1] and both.model.aux_slice == "linear"
+    assert [a.level_blocks for a in linear.data.aux.values()] == [0]
     with pytest.raises(SegfuseInputError, match="only applies to mode 2d"):
         bench.run_config(_job("segfuse_linear", mode="3d"))

@@ -15,7 +15,9 @@ The auxiliaries are described by :class:`segfuse.auxiliary.AuxInput` (the networ
 reads their name, channels, scale, mapper, fusion and levels). Each auxiliary is
 mapped at its native resolution by its mapper, brought to the skip levels it
 enters (pooling where the level is coarser, edge-aligned interpolation where it
-is finer), and fused with the encoder features there.
+is finer), and fused with the encoder features there. With ``level_blocks > 0``
+each level after the first also runs conv blocks on the features brought from
+the previous level, so the auxiliary's receptive field grows with the stride.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from segfuse.models.convolution import pointwise_conv
 from segfuse.models.decoder import UNetDecoder
 from segfuse.models.encoders import ResNet18Encoder
 from segfuse.models.fusion import AuxAtLevel, LevelFusion
-from segfuse.models.layers import conv_class
+from segfuse.models.layers import conv_class, conv_norm_act
 from segfuse.models.mappers import build_mapper
 from segfuse.models.resize import change_stride
 
@@ -142,6 +144,23 @@ class FusionUNet(nn.Module):
                     norm=norm,
                 )
                 for a in aux_inputs
+            }
+        )
+        # per auxiliary, per level it enters after the first: level_blocks conv blocks on the
+        # features brought from the previous level (keys are level indices as strings)
+        self.level_blocks = nn.ModuleDict(
+            {
+                a.name: nn.ModuleDict(
+                    {
+                        str(level): nn.Sequential(
+                            *[m for _ in range(a.level_blocks) for m in conv_norm_act(spatial_dims, a.features,
+                                                                                        a.features, norm)]
+                        )
+                        for level in self.aux_levels[a.name][1:]
+                    }
+                )
+                for a in aux_inputs
+                if a.level_blocks > 0
             }
         )
         self.fusions = nn.ModuleList(
@@ -262,7 +281,9 @@ class FusionUNet(nn.Module):
 
         Returns:
             One dict per encoder level: ``name → (B, features, *padded_size / stride)``
-            (``None`` for a missing auxiliary).
+            (``None`` for a missing auxiliary). With ``level_blocks``, the features of
+            each level after the first are the previous level's brought to this stride
+            and passed through that level's blocks (a chain, like an encoder).
         """
         per_level: list[dict[str, torch.Tensor | None]] = [{} for _ in self.encoder.strides]
         for a in self.cfg.aux:
@@ -271,13 +292,20 @@ class FusionUNet(nn.Module):
             if t is not None:
                 native = [n // s for n, s in zip(padded_size, a.scale, strict=True)]
                 mapped = self.mappers[a.name](self._pad(t, native))
+            source, source_stride = mapped, a.scale
+            blocks = self.level_blocks[a.name] if a.name in self.level_blocks else None  # noqa: SIM401 (ModuleDict has no get)
             for level in self.aux_levels[a.name]:
                 stride = self.encoder.strides[level]
                 if mapped is None:
                     per_level[level][a.name] = None
                     continue
                 size = [n // s for n, s in zip(padded_size, stride, strict=True)]
-                per_level[level][a.name] = change_stride(mapped, a.scale, stride, size)
+                features = change_stride(source, source_stride, stride, size)
+                if blocks is not None and str(level) in blocks:
+                    features = blocks[str(level)](features)
+                    # the next level starts from these features: a chain, like an encoder
+                    source, source_stride = features, stride
+                per_level[level][a.name] = features
         return per_level
 
     def forward(
