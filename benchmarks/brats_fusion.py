@@ -16,8 +16,10 @@ tumour (> 0) for task A.
   the 13 brats19 subjects; trained on the regions of ``data.regions``, one sigmoid each.
 
 Variants (each trained per fold from the same base config,
-``configs/brats_t1ce_flair_t2_lowres.yaml``; "segfuse's default" is that config's
-auxiliary settings — mapper, fusion, features, levels — applied to every auxiliary):
+``configs/brats_t1ce_flair_t2_lowres.yaml``; "segfuse" is that config's auxiliary
+settings — mapper, fusion, features, levels — applied to every auxiliary, with
+``level_blocks: 0`` and, in 2.5D, ``model.aux_slice: containing`` pinned: the design the
+study started from, whatever the config ships since):
 
 - ``primary_only``: no auxiliary;
 - ``early_1mm``: the 1 mm auxiliaries stacked with the primary as input channels;
@@ -320,11 +322,11 @@ def run_config(job: dict[str, Any]) -> Any:
             spec["dropout"] = (spec.get("dropout") or 0.3) if variant == "segfuse_dropout" else 0.0
             if variant in ("segfuse_add", "segfuse_gated"):
                 spec["fusion"] = variant.removeprefix("segfuse_")
-            if variant.startswith("segfuse_pyramid"):
-                spec["level_blocks"] = 1
+            # pinned, whatever the config ships: segfuse and its dropout twin are the design the study
+            # started from (pooled mapping, thick slice containing z); the variants change one thing each
+            spec["level_blocks"] = 1 if variant.startswith("segfuse_pyramid") else 0
             data["aux"][f"{name}_{tag}"] = spec
-    if variant in ("segfuse_linear", "segfuse_pyramid_linear"):
-        tree["model"]["aux_slice"] = "linear"
+    tree["model"]["aux_slice"] = "linear" if variant in ("segfuse_linear", "segfuse_pyramid_linear") else "containing"
     data["val_cases"] = list(job["val_cases"])
     training = tree["training"]
     training.update(schedule="time", max_minutes=job["minutes"], iterations=10**7, iterations_per_epoch=10**7,

@@ -94,7 +94,7 @@ def test_small_crops_get_3d_with_measurements_in_the_yaml(small_crops, tmp_path)
     cfg, report, budget = plan_for_budget(small_crops, device="cpu", minutes=60, timing_seconds=10, out=out,
                                           progress=False)
     elapsed = time.perf_counter() - started
-    assert cfg.model.mode == "3d" and budget.chosen.candidate.mode == "3d"
+    assert cfg.model.mode == "3d" and budget.chosen.candidate.mode == "3d" and cfg.model.aux_slice == "containing"
     assert budget.chosen.iterations >= MIN_ITERATIONS
     modes = {m.candidate.mode for m in budget.measured}
     assert modes == {"3d", "2.5d"}  # both measured, so the summary can compare them
@@ -126,6 +126,7 @@ def test_large_volumes_get_2_5d_and_say_why(large_volumes):
     assert best3 is not None and best3.timing.extrapolated  # a 96 x 96 x 80 patch is judged on a probe
     assert best3.iterations < MIN_ITERATIONS
     assert cfg.model.mode == "2d" and cfg.model.context_slices == 1 and budget.chosen.candidate.mode == "2.5d"
+    assert cfg.model.aux_slice == "linear"
     assert budget.chosen.iterations > best3.iterations
     assert "3D would run" in budget.reason and "2.5D runs" in budget.reason
     assert cfg.model.norm == "batch" and cfg.model.widen_factor == 1.0 and len(cfg.training.patch_size) == 2

@@ -207,6 +207,8 @@ def test_plan_manifest_spacing_scale_overlap_and_yaml(tmp_path, manifest):
 def test_plan_msd_ct_statistics_and_2d(tmp_path):
     root = _msd_ct(tmp_path / "msd")
     cfg, report = plan_dataset(root, mode="2d", progress=False)
+    assert cfg.model.aux_slice == "linear"  # the PET beside each CT slice, interpolated to its position
+    assert cfg.data.aux["pet"].level_blocks == 1  # the fusion study's default
     norm = cfg.data.primary_norm
     assert cfg.data.primary == "ct" and norm.kind == "ct"
     lo, hi = norm.clip

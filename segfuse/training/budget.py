@@ -275,6 +275,8 @@ def _candidate_config(cfg: Config, cand: Candidate, device: str) -> Config:
     three_d = cand.mode == "3d"
     out.model.mode = "3d" if three_d else "2d"
     out.model.context_slices = 0 if three_d else CONTEXT_SLICES
+    # 2.5D: auxiliaries interpolated to each slice's position (the issue-12 study's choice)
+    out.model.aux_slice = "containing" if three_d else "linear"
     out.model.encoder_depth = cand.depth
     out.model.widen_factor = cand.widen if three_d else 1.0
     out.model.stem_kernel = 3 if three_d else 7
@@ -455,6 +457,8 @@ def key_comments(cfg: Config, plan: BudgetPlan) -> dict[str, str]:
     per_it = f"{_fmt_seconds(m.seconds_per_iteration)}/iteration measured"
     return {
         "model.mode": "2d with context_slices 1 = 2.5D; chosen by `segfuse plan`: " + plan.reason,
+        "model.aux_slice": "2.5D: each auxiliary interpolated to the slice's position (the fusion study's choice)"
+        if c.mode != "3d" else "3D: unused",
         "model.encoder_depth": "3 below 32 voxels on a patch axis, 5 from 160, else 4",
         "model.widen_factor": "3D only: 0.5 = half-width ResNet18; 0.25 is ~3x cheaper" if c.mode == "3d"
         else "must be 1.0 in 2D (smp's ResNet18)",

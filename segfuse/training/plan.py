@@ -169,7 +169,8 @@ def plan_dataset(
             dataset=found.dataset,
             primary=found.primary,
             aux={
-                name: AuxInput(name, scale=found.aux_scales[name], norm=found.norms[name])
+                # level_blocks 1: the issue-12 study's default (the auxiliary's own small encoder)
+                name: AuxInput(name, scale=found.aux_scales[name], norm=found.norms[name], level_blocks=1)
                 for name in found.aux_names
             },
             labels=dict(found.labels_declared),
@@ -178,6 +179,7 @@ def plan_dataset(
         ),
         model=ModelConfig(
             mode=mode,
+            aux_slice="linear" if mode == "2d" else "containing",  # the issue-12 study's choice
             encoder_depth=encoder_depth,
             widen_factor=WIDEN_FACTOR,
             stem_kernel=STEM_KERNEL,
