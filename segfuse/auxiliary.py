@@ -44,6 +44,9 @@ MAPPER_KINDS = ("linear", "mlp", "conv")
 #: How mapped features meet the encoder's at a skip level (:mod:`segfuse.models.fusion`).
 FUSION_MODES = ("concat", "add", "gated")
 
+# 2.5D: the auxiliary plane beside primary slice z (segfuse.data.aux_slices)
+AUX_SLICE_MODES = ("containing", "linear")
+
 
 @dataclass(frozen=True)
 class ModalityNorm:

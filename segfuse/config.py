@@ -25,8 +25,7 @@ from typing import Any
 
 import yaml
 
-from segfuse.auxiliary import FUSION_MODES, MAPPER_KINDS, AuxInput, ModalityNorm
-from segfuse.data.aux_slices import AUX_SLICE_MODES
+from segfuse.auxiliary import AUX_SLICE_MODES, FUSION_MODES, MAPPER_KINDS, AuxInput, ModalityNorm
 from segfuse.io.errors import SegfuseInputError
 
 #: Label regions: region name → label values, broadest first (``data.regions``).

@@ -34,7 +34,11 @@ def test_legacy_checkpoint_loads_with_its_config_and_weights():
     assert list(model.cfg.data.aux["flair"].scale) == [2, 2, 2]
     assert model.cfg.data.aux["flair"].dropout == 0.3
     assert model.allow_missing_aux
-    assert model.cfg.to_dict()["data"]["aux"] == state["config"]["data"]["aux"]
+    saved, loaded = state["config"]["data"]["aux"], model.cfg.to_dict()["data"]["aux"]
+    assert {name: {k: loaded[name][k] for k in spec} for name, spec in saved.items()} == saved
+    # keys added since this checkpoint take the values that reproduce its behaviour
+    assert {k for k in loaded["flair"] if k not in saved["flair"]} <= {"level_blocks"}
+    assert model.cfg.data.aux["flair"].level_blocks == 0 and model.cfg.model.aux_slice == "containing"
     own = model.net.state_dict()
     assert sorted(own) == sorted(state["model"])
     assert all(torch.equal(own[k], state["model"][k]) for k in own)

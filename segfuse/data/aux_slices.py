@@ -31,7 +31,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-AUX_SLICE_MODES = ("containing", "linear")
+from segfuse.auxiliary import AUX_SLICE_MODES
 
 
 def slice_weights(z: int, scale: int, n_aux: int, mode: str) -> list[tuple[int, float]]:
