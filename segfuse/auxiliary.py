@@ -47,6 +47,15 @@ FUSION_MODES = ("concat", "add", "gated")
 # 2.5D: the auxiliary plane beside primary slice z (segfuse.data.aux_slices)
 AUX_SLICE_MODES = ("containing", "linear")
 
+#: What ``segfuse plan`` writes for every auxiliary: the fusion study's choice (issue 12,
+#: docs/benchmarks.md "Fusion study on 23 subjects"), one conv block per coarser level.
+PLANNED_LEVEL_BLOCKS = 1
+
+
+def planned_aux_slice(mode: str) -> str:
+    """``model.aux_slice`` that ``segfuse plan`` writes for ``mode``: the study's ``linear`` in 2D."""
+    return "linear" if mode == "2d" else "containing"
+
 
 @dataclass(frozen=True)
 class ModalityNorm:

@@ -51,6 +51,7 @@ from pathlib import Path
 
 import torch
 
+from segfuse.auxiliary import planned_aux_slice
 from segfuse.config import Config, config_from_dict
 from segfuse.io.errors import SegfuseInputError
 from segfuse.training.plan import PlanReport, plan_dataset, write_plan
@@ -275,8 +276,7 @@ def _candidate_config(cfg: Config, cand: Candidate, device: str) -> Config:
     three_d = cand.mode == "3d"
     out.model.mode = "3d" if three_d else "2d"
     out.model.context_slices = 0 if three_d else CONTEXT_SLICES
-    # 2.5D: auxiliaries interpolated to each slice's position (the issue-12 study's choice)
-    out.model.aux_slice = "containing" if three_d else "linear"
+    out.model.aux_slice = planned_aux_slice(out.model.mode)
     out.model.encoder_depth = cand.depth
     out.model.widen_factor = cand.widen if three_d else 1.0
     out.model.stem_kernel = 3 if three_d else 7

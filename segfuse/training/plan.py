@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from segfuse.auxiliary import AuxInput, lcm_of_scales
+from segfuse.auxiliary import PLANNED_LEVEL_BLOCKS, AuxInput, lcm_of_scales, planned_aux_slice
 from segfuse.config import (
     Config,
     DataConfig,
@@ -169,8 +169,9 @@ def plan_dataset(
             dataset=found.dataset,
             primary=found.primary,
             aux={
-                # level_blocks 1: the issue-12 study's default (the auxiliary's own small encoder)
-                name: AuxInput(name, scale=found.aux_scales[name], norm=found.norms[name], level_blocks=1)
+                name: AuxInput(
+                    name, scale=found.aux_scales[name], norm=found.norms[name], level_blocks=PLANNED_LEVEL_BLOCKS
+                )
                 for name in found.aux_names
             },
             labels=dict(found.labels_declared),
@@ -179,7 +180,7 @@ def plan_dataset(
         ),
         model=ModelConfig(
             mode=mode,
-            aux_slice="linear" if mode == "2d" else "containing",  # the issue-12 study's choice
+            aux_slice=planned_aux_slice(mode),
             encoder_depth=encoder_depth,
             widen_factor=WIDEN_FACTOR,
             stem_kernel=STEM_KERNEL,
