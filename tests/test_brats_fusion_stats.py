@@ -183,3 +183,31 @@ def test_design_variants_change_only_their_setting_and_linear_is_2d_only():
     assert [a.level_blocks for a in linear.data.aux.values()] == [0]
     with pytest.raises(SegfuseInputError, match="only applies to mode 2d"):
         bench.run_config(_job("segfuse_linear", mode="3d"))
+
+
+def test_goal_three_judges_the_chosen_defaults_dropout_twin():
+    results = _results(-0.05)
+    rng = np.random.default_rng(0)
+    early = {c: 0.8 + 0.05 * rng.standard_normal() for c in CASES}
+    results.append(_run("A", "segfuse_gated", {c: d + 0.01 for c, d in early.items()}))  # the chosen default
+    goal3 = {g["goal"]: g for g in bench.goals(results, MEMORY)}[3]
+    assert goal3["verdict"] == "not evaluated"  # its twin has not run; the starting design's twin does not count
+    assert [(c["absent"], c["counts"]) for c in goal3["checks"]] == [("segfuse_dropout [without flair_2x2x4mm]",
+                                                                      False)]
+    results.append(_run("A", "segfuse_gated_dropout", {c: 0.30 for c in CASES},
+                        settings=("all", "without flair_2x2x4mm")))
+    goal3 = {g["goal"]: g for g in bench.goals(results, MEMORY)}[3]
+    assert goal3["verdict"] == "missed"  # 0.30 < primary only 0.40 - 0.02, although segfuse_dropout's 0.39 passes
+    assert [c["counts"] for c in goal3["checks"]] == [True, False]
+    assert bench.chosen_default(results, "A")[0] == "segfuse_gated"  # a twin is never a candidate
+
+
+def test_a_dropout_twin_is_its_design_with_modality_dropout():
+    design = bench.run_config(_job("segfuse_pyramid_linear"))
+    twin = bench.run_config(_job("segfuse_pyramid_linear_dropout"))
+    assert [a.dropout for a in design.data.aux.values()] == [0.0]
+    assert next(a.dropout for a in twin.data.aux.values()) > 0
+    assert [a.level_blocks for a in twin.data.aux.values()] == [1] and twin.model.aux_slice == "linear"
+    assert bench.run_config(_job("segfuse_gated_dropout")).data.aux["flair_2x2x4mm"].fusion == "gated"
+    assert bench.design_of("segfuse_dropout") == "segfuse" and bench.design_of("early_1mm") == "early_1mm"
+    assert "segfuse_pyramid_linear_dropout" in bench.variants_of(bench.TASKS["A"])
