@@ -181,6 +181,37 @@ def test_a_changed_input_file_is_named_and_only_its_case_is_prepared_again(manif
     np.testing.assert_array_equal(store.cases["case1"].load().primary, expected.primary)
 
 
+def test_a_touched_file_with_the_same_content_is_reused_and_a_same_size_edit_is_not(manifest, tmp_path):
+    cfg, dataset = resolved(store_config(manifest, tmp_path / "runs"))
+    build_store(cfg, dataset.cases, workers=1, progress=False)
+    t1, flair = manifest.parent / "case0" / "t1.nii.gz", manifest.parent / "case2" / "flair.nii.gz"
+    for path in (t1, flair):  # a copy or checkout: new mtimes, same bytes
+        stat = path.stat()
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 5 * 10**9))
+    open_store(cfg, dataset.cases)  # the digests vouch for the files: not out of date
+    store, report = build_store(cfg, dataset.cases, workers=1, progress=False)
+    assert report.built == [] and report.reused == 3 and report.touched == 2
+    assert "new mtime and the same content" in report.summary()
+    record = json.loads((store.cases["case0"].folder / "case.json").read_text())
+    entry = next(e for e in record["inputs"] if e["role"] == "primary")
+    assert entry["mtime_ns"] == t1.stat().st_mtime_ns  # remembered: the next start hashes nothing
+    assert build_store(cfg, dataset.cases, workers=1, progress=False)[1].touched == 0
+
+
+def test_a_same_size_rewrite_is_caught_by_its_digest(manifest, tmp_path):
+    cfg, dataset = resolved(store_config(manifest, tmp_path / "runs"))
+    build_store(cfg, dataset.cases, workers=1, progress=False)
+    seg = manifest.parent / "case1" / "seg.nii.gz"
+    raw = bytearray(seg.read_bytes())
+    raw[4] ^= 1  # a bit of the gzip header's MTIME field: other bytes, same size, still a valid file
+    seg.write_bytes(bytes(raw))
+    os.utime(seg, ns=(seg.stat().st_atime_ns, seg.stat().st_mtime_ns + 10**9))  # a coarse clock cannot hide it
+    with pytest.raises(SegfuseInputError, match=r"case1 is out of date: .*seg\.nii\.gz changed \(same size.*SHA-256"):
+        open_store(cfg, dataset.cases)
+    _, report = build_store(cfg, dataset.cases, workers=1, progress=False)
+    assert report.built == ["case1"] and report.touched == 0
+
+
 def test_a_store_made_with_other_settings_is_refused_naming_the_key(manifest, tmp_path):
     explicit = str(tmp_path / "mystore")
     cfg, dataset = resolved(store_config(manifest, tmp_path / "runs", store=explicit))

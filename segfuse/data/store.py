@@ -17,14 +17,18 @@ files that training memory-maps (:meth:`StoredCase.padded`)::
         label.npy         (X, Y, Z) uint8
         fg_<value>.npy    (N, 3) int32: voxels of each label value (at most 20 000)
         case.json         shapes, the grid's affine, the crop offset, the geometry that
-                          restores the source grid, and the inputs' paths, sizes and mtimes
+                          restores the source grid, and the inputs' paths, sizes, mtimes and
+                          SHA-256 digests
 
 Where: ``data.store`` when set, else ``<experiment.output_dir>/preprocessed/<digest>``
 with ``digest`` a hash of the settings, so changing a preprocessing key makes a new
 store beside the old one. A store whose settings differ from the run's is refused
-with the keys named; a case whose input files changed (size or mtime) is prepared
-again, and only that case. An interrupted build leaves only ``.tmp-*`` folders
-behind, which the next build removes before it resumes with the missing cases.
+with the keys named; a case whose input files changed is prepared again, and only
+that case. A file whose size and mtime are unchanged is taken as unchanged; one whose
+mtime alone moved (a copy, a checkout, ``touch``) is read and compared by its SHA-256
+digest, so a dataset copied to another disk is not prepared again. An interrupted build
+leaves only ``.tmp-*`` folders behind, which the next build removes before it resumes
+with the missing cases.
 
 Example:
     >>> store, report = build_store(cfg, dataset.cases, workers=4)  # doctest: +SKIP
@@ -125,6 +129,57 @@ def _stat(path: Path) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
+def content_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes; for a folder (DICOM series), of its files' relative paths and bytes."""
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as handle:
+            while chunk := handle.read(2**20):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _with_digests(inputs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """:func:`input_stats` entries with each file's ``sha256`` added."""
+    return [{**entry, "sha256": content_digest(Path(entry["path"]))} for entry in inputs]
+
+
+def _stats_only(inputs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{k: v for k, v in entry.items() if k != "sha256"} for entry in inputs]
+
+
+def unchanged_inputs(stored: Sequence[Mapping[str, Any]], current: Sequence[Mapping[str, Any]]) -> list | None:
+    """The stored input entries brought up to date when ``current`` holds the same files, else ``None``.
+
+    Args:
+        stored: a case record's ``inputs`` (entries may carry ``sha256``).
+        current: :func:`input_stats` of the case now.
+
+    Returns:
+        ``stored`` itself when nothing moved; a copy with the new mtimes when only mtimes
+        moved and every such file's SHA-256 still matches the stored one; ``None`` when a
+        path, channel, size or content differs (or an mtime moved on a file stored
+        without a digest).
+    """
+    if _stats_only(stored) == list(current):
+        return list(stored)
+    if len(stored) != len(current):
+        return None
+    refreshed = []
+    for old, new in zip(stored, current, strict=True):
+        same_file = all(old.get(k) == new.get(k) for k in ("role", "path", "channel", "size"))
+        if not same_file:
+            return None
+        moved = old.get("mtime_ns") != new["mtime_ns"]
+        if moved and ("sha256" not in old or content_digest(Path(new["path"])) != old["sha256"]):
+            return None
+        refreshed.append({**new, **({"sha256": old["sha256"]} if "sha256" in old else {})})
+    return refreshed
+
+
 def input_stats(case: Case, aux_names: Sequence[str]) -> list[dict[str, Any]]:
     """One entry per input file of ``case``: role, path, channel, size and mtime (ns)."""
     refs: list[tuple[str, Path, int | None]] = [("primary", Path(case.primary.path), case.primary.channel)]
@@ -153,9 +208,14 @@ def _what_changed(old: Sequence[Mapping[str, Any]], new: Sequence[Mapping[str, A
             parts.append(f"{role} {a['path']} is gone")
         elif a["path"] != b["path"] or a["channel"] != b["channel"]:
             parts.append(f"{role} is now {b['path']} (was {a['path']})")
-        elif a["size"] != b["size"] or a["mtime_ns"] != b["mtime_ns"]:
-            parts.append(f"{b['path']} changed (size {a['size']} -> {b['size']} bytes, mtime {a['mtime_ns']} -> "
-                         f"{b['mtime_ns']} ns)")
+        elif a["size"] != b["size"]:
+            parts.append(f"{b['path']} changed (size {a['size']} -> {b['size']} bytes)")
+        elif a["mtime_ns"] != b["mtime_ns"]:
+            if "sha256" not in a:
+                parts.append(f"{b['path']} changed (mtime {a['mtime_ns']} -> {b['mtime_ns']} ns; stored without a "
+                             "content digest, so it cannot be compared)")
+            elif content_digest(Path(b["path"])) != a["sha256"]:
+                parts.append(f"{b['path']} changed (same size, {a['size']} bytes, other content: SHA-256 differs)")
     return "; ".join(parts) or "its record was made with other settings"
 
 
@@ -273,6 +333,7 @@ class StoreReport:
     path: Path
     built: list[str] = field(default_factory=list)
     reused: int = 0
+    touched: int = 0  # reused cases whose files' mtimes moved but whose contents (SHA-256) did not
     changed: dict[str, str] = field(default_factory=dict)
     size_bytes: int = 0
     seconds: float = 0.0
@@ -282,6 +343,9 @@ class StoreReport:
             f"store {self.path}: {len(self.built) + self.reused} cases ({len(self.built)} preprocessed, "
             f"{self.reused} reused) in {self.seconds:.1f} s; {self.size_bytes / 2**30:.2f} GiB on disk"
         ]
+        if self.touched:
+            lines.append(f"  {self.touched} reused cases had input files with a new mtime and the same content "
+                         "(SHA-256)")
         lines += [f"  {case}: preprocessed again: {why}" for case, why in self.changed.items()]
         return "\n".join(lines)
 
@@ -321,6 +385,7 @@ def _write_case(job: _Job) -> dict[str, Any]:
     tmp = job.cases_dir / f".tmp-{folder_name(case.case_id)}-{secrets.token_hex(4)}"
     tmp.mkdir()
     try:
+        inputs = _with_digests(job.inputs)  # hashed before reading: a file rewritten meanwhile gets prepared again
         prepared = prepare_case(case, job.spec)
         source = prepared.source
         grid_affine, grid_shape = prepared.affine, list(prepared.shape)
@@ -345,7 +410,7 @@ def _write_case(job: _Job) -> dict[str, Any]:
         record = {
             "case_id": case.case_id,
             "digest": job.digest,
-            "inputs": job.inputs,
+            "inputs": inputs,
             "shape": list(prepared.shape),
             "channels": int(prepared.primary.shape[0]),
             "affine": prepared.affine.tolist(),
@@ -442,10 +507,11 @@ def build_store(
 ) -> tuple[Store, StoreReport]:
     """Make sure the store holds every case of ``cases`` as ``cfg`` prepares it; write what is missing.
 
-    Cases already stored with the same inputs (size and mtime) and settings are
-    reused; new or changed ones are prepared in ``workers`` processes (1: in this
-    process; ``None``: one process below :data:`SMALL_JOB_BYTES` of inputs, else
-    :func:`default_workers`) and published atomically.
+    Cases already stored with the same inputs (size and mtime, or size and SHA-256
+    where only the mtime moved) and settings are reused; new or changed ones are
+    prepared in ``workers`` processes (1: in this process; ``None``: one process
+    below :data:`SMALL_JOB_BYTES` of inputs, else :func:`default_workers`) and
+    published atomically.
 
     Raises:
         SegfuseInputError: the store was made with other settings (the keys are named),
@@ -477,10 +543,15 @@ def build_store(
             inputs = input_stats(case, aux_names)
             folder = cases_dir / folder_name(case.case_id)
             record = known.get(case.case_id)
-            if record is None or record["inputs"] != inputs or not (folder / RECORD).is_file():
+            if record is None or _stats_only(record["inputs"]) != inputs or not (folder / RECORD).is_file():
                 record = _read_record(folder)  # the case's own record is the authority; the manifest a summary
             if record is not None and record.get("digest") == digest and record.get("case_id") == case.case_id:
-                if record["inputs"] == inputs:
+                same = unchanged_inputs(record["inputs"], inputs)
+                if same is not None:
+                    if same != record["inputs"]:  # only mtimes moved: remember them so the next start skips hashing
+                        record = {**record, "inputs": same}
+                        atomic_write_text(folder / RECORD, json.dumps(record, indent=1))
+                        report.touched += 1
                     records[case.case_id] = record
                     report.reused += 1
                     continue
@@ -559,7 +630,7 @@ def open_store(cfg, cases: Sequence[Case]) -> Store:
         if record is None:
             raise SegfuseInputError(f"{root}: case {case.case_id} is not in the store; run segfuse preprocess again")
         inputs = input_stats(case, aux_names)
-        if record["inputs"] != inputs:
+        if unchanged_inputs(record["inputs"], inputs) is None:
             raise SegfuseInputError(
                 f"{root}: case {case.case_id} is out of date: {_what_changed(record['inputs'], inputs)}; "
                 "run segfuse preprocess again"
