@@ -46,7 +46,10 @@ fold trains on the others and predicts its own subjects, so every subject has on
 prediction per variant. Every run gets the same optimisation-time budget
 (``--minutes``, ``training.schedule=time``: the poly decay spans the budget), and the
 weights are also kept at ``--snapshots`` fractions of it and evaluated, so the tables
-show whether the ranking changes between the last two checkpoints. Dice and HD95 per
+show whether the ranking changes between the last two checkpoints. A run may instead be
+given the iteration count its reference made in that budget (``--match-iterations``, for a
+variant with the reference's network, when the machine's speed has changed since the
+reference ran; the poly decay then spans the iterations). Dice and HD95 per
 region come from ``segfuse evaluate``. Statistics: per-subject paired differences
 against early fusion (mean, 95 % percentile bootstrap CI over subjects, 10 000
 resamples, seed 0, wins/losses); cost: seconds per iteration of each run and the peak
@@ -350,6 +353,9 @@ def run_config(job: dict[str, Any]) -> Any:
     training = tree["training"]
     training.update(schedule="time", max_minutes=job["minutes"], iterations=10**7, iterations_per_epoch=10**7,
                     val_every=0, snapshots=list(job["snapshots"]))
+    if job.get("iterations"):  # --match-iterations: the reference run's iteration count instead of the clock
+        training.update(schedule="iterations", max_minutes=None, iterations=job["iterations"],
+                        iterations_per_epoch=job["iterations"])
     tree["experiment"].update(output_dir=str(Path(job["out"]) / "runs"), name=job["name"])
     if job["mode"] == "2d":
         tree["model"].update(mode="2d", widen_factor=1.0, norm="batch", deep_supervision=False)
@@ -671,6 +677,11 @@ def report(results: list[dict[str, Any]], memory: list[dict[str, Any]], snapshot
             measured = [r["peak_rss_train_mib"] for r in runs if r.get("rss_measure") == "VmHWM"]
             rss = f"{max(measured):.0f}" if measured else "n/a"
             lines.append(f"| {setting} | " + " | ".join(cells) + f" | {spi:.2f} | {rss} |")
+        matched = sorted({(r["variant"], r["iterations_matched_to"]) for r in results
+                          if r["task"] == task and r.get("iterations_matched_to")})
+        if matched:
+            lines += ["", "Iteration-matched runs (each fold trained for the reference run's iteration count, not by "
+                      "the clock): " + ", ".join(f"{v} → {ref}" for v, ref in matched)]
         lines += ["", "Paired differences per subject (setting − reference), mean [95 % bootstrap CI], wins/losses:",
                   "", "| setting | reference | region | n | mean | CI95 | wins | losses |",
                   "|---|---|---|---:|---:|---|---:|---:|"]
@@ -742,6 +753,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("2d", "3d"), default="2d", help="2.5D slices (default) or 3D patches")
     parser.add_argument("--scale", type=int, nargs=3, default=[2, 2, 4], help="low-resolution auxiliary scale")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
+    parser.add_argument("--match-iterations", metavar="REFERENCE", default=None,
+                        help="train each fold for as many iterations as REFERENCE's finished run of that fold made "
+                             "in its time budget (poly decay over iterations), instead of by the clock: for a "
+                             "variant whose network is REFERENCE's (a dropout twin; early_1mm against "
+                             "early_lowres) when the machine's speed has changed since REFERENCE ran")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 3 subjects per task at 2 mm, fold 0, 3 variants, 0.2 min, no snapshot")
     parser.add_argument("--gpu", action="store_true",
@@ -814,7 +830,16 @@ def main(argv: list[str] | None = None) -> int:
                 if not path.is_file():
                     job = {**base, "fold": fold, "val_cases": folds[fold], "name": f"{key}_{variant}_fold{fold}",
                            "result": str(path)}
-                    print(f"[brats_fusion] task {key} {variant} fold {fold}: {minutes:g} min on "
+                    if args.match_iterations:
+                        reference = out / "results" / f"{key}_{args.match_iterations}_fold{fold}.json"
+                        if not reference.is_file():
+                            print(f"--match-iterations: {reference} does not exist; run {args.match_iterations} "
+                                  f"on fold {fold} first", file=sys.stderr)
+                            return 2
+                        job.update(iterations=int(json.loads(reference.read_text())["iterations"]),
+                                   iterations_matched_to=args.match_iterations)
+                    budget = f"{job['iterations']} iterations" if job.get("iterations") else f"{minutes:g} min"
+                    print(f"[brats_fusion] task {key} {variant} fold {fold}: {budget} on "
                           f"{len(subjects) - len(folds[fold])} subjects, evaluating {folds[fold]}", flush=True)
                     _spawn("--worker", job)
                 results.append(json.loads(path.read_text()))

@@ -211,3 +211,12 @@ def test_a_dropout_twin_is_its_design_with_modality_dropout():
     assert bench.run_config(_job("segfuse_gated_dropout")).data.aux["flair_2x2x4mm"].fusion == "gated"
     assert bench.design_of("segfuse_dropout") == "segfuse" and bench.design_of("early_1mm") == "early_1mm"
     assert "segfuse_pyramid_linear_dropout" in bench.variants_of(bench.TASKS["A"])
+
+
+def test_an_iteration_matched_run_trains_by_iterations_not_by_the_clock():
+    timed = bench.run_config(_job("segfuse_pyramid_linear_dropout"))
+    matched = bench.run_config({**_job("segfuse_pyramid_linear_dropout"), "iterations": 680})
+    assert (timed.training.schedule, timed.training.max_minutes) == ("time", 1.0)
+    assert (matched.training.schedule, matched.training.max_minutes) == ("iterations", None)
+    assert matched.training.iterations == matched.training.iterations_per_epoch == 680
+    assert matched.training.snapshots == [0.5]  # fractions of the iterations now
