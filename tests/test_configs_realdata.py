@@ -76,10 +76,17 @@ def _hippocampus_subset(folder: Path, tmp_path: Path, n: int) -> Path:
     return out
 
 
-def test_brats_config_trains_on_real_data(shared_data, tmp_path):
+BRATS_CONFIGS = {  # config -> overrides that keep its own settings but make the run tiny
+    "brats_t1_flair_lowres": ["training.patch_size=[64, 64, 32]", "inference.roi_size=[128, 128, 64]"],
+    "brats_t1_flair_lowres_2d": ["training.schedule=iterations", "training.max_minutes=null"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BRATS_CONFIGS))
+def test_brats_config_trains_on_real_data(shared_data, tmp_path, name):
     if not (shared_data / "brats18_t1_flair").is_dir():
         pytest.skip(f"{shared_data / 'brats18_t1_flair'} is absent")
-    cfg = load_config(CONFIGS / "brats_t1_flair_lowres.yaml")
+    cfg = load_config(CONFIGS / f"{name}.yaml")
     assert Path(cfg.data.dataset) == (CONFIGS / "brats18_manifest.yaml").resolve()
     assert cfg.data.primary == "t1" and list(cfg.data.aux) == ["flair_2x2x4mm"]
     assert cfg.data.aux["flair_2x2x4mm"].scale == (2, 2, 4) and cfg.data.aux["flair_2x2x4mm"].dropout > 0
@@ -87,16 +94,15 @@ def test_brats_config_trains_on_real_data(shared_data, tmp_path):
     # BraTS volumes dominates the time; the config's own settings are otherwise kept.
     subset = _brats_subset(tmp_path, 2)
     run = _train(
-        CONFIGS / "brats_t1_flair_lowres.yaml",
+        CONFIGS / f"{name}.yaml",
         tmp_path / "runs",
         f"data.dataset={subset}",
         "data.val_cases=[Brats18_CBICA_AAB_1]",
         "training.iterations=2",
         "training.iterations_per_epoch=2",
-        "training.patch_size=[64, 64, 32]",
         "training.num_threads=2",
-        "inference.roi_size=[128, 128, 64]",
         "inference.overlap=0.0",
+        *BRATS_CONFIGS[name],
     )
     saved = load_config(run / "config.yaml")
     assert saved.data.labels == {0: "background", 1: "whole_tumour"}  # from the manifest
