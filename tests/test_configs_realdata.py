@@ -89,7 +89,8 @@ def test_brats_config_trains_on_real_data(shared_data, tmp_path, name):
     cfg = load_config(CONFIGS / f"{name}.yaml")
     assert Path(cfg.data.dataset) == (CONFIGS / "brats18_manifest.yaml").resolve()
     assert cfg.data.primary == "t1" and list(cfg.data.aux) == ["flair_2x2x4mm"]
-    assert cfg.data.aux["flair_2x2x4mm"].scale == (2, 2, 4) and cfg.data.aux["flair_2x2x4mm"].dropout > 0
+    assert cfg.data.aux["flair_2x2x4mm"].scale == (2, 2, 4)
+    assert (cfg.data.aux["flair_2x2x4mm"].dropout > 0) == (cfg.spatial_dims == 3)  # the 2.5D one: the study's 0
     # 2 subjects (1 train, 1 validation) instead of 10: reading and resampling whole
     # BraTS volumes dominates the time; the config's own settings are otherwise kept.
     subset = _brats_subset(tmp_path, 2)
