@@ -149,16 +149,18 @@ DESIGN_VARIANTS = ("segfuse_add", "segfuse_gated", "segfuse_linear", "segfuse_py
 # segfuse_pyramid_linear and before any run of its twin; goal 3 is judged on the chosen default's twin (the
 # starting design's segfuse_dropout is listed beside it and does not count once the default is another variant)
 DROPOUT = "_dropout"
-DROPOUT_TWINS = tuple(v + DROPOUT for v in DESIGN_VARIANTS)
 
 
 def design_of(variant: str) -> str:
     """The fusion design a variant trains: ``segfuse_pyramid_linear_dropout`` -> ``segfuse_pyramid_linear``."""
-    return variant.removesuffix(DROPOUT) if variant.startswith("segfuse") else variant
+    return variant.removesuffix(DROPOUT)
 
 
 def dropout_twin(variant: str) -> str:
     return variant + DROPOUT
+
+
+DROPOUT_TWINS = tuple(dropout_twin(v) for v in DESIGN_VARIANTS)
 
 
 # Part 2's choice of the default, pre-registered on 2026-12-04 before the 23-subject run: among ``segfuse``
