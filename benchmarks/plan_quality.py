@@ -23,9 +23,10 @@ Datasets and folds (fixed, stated here so the benchmark can be rerun):
 - ``brats_wt``: ``configs/brats18_manifest.yaml`` (10 subjects), T1 primary and the
   2 × 2 × 4 mm FLAIR (``flair_2x2x4mm``) as auxiliary, whole tumour; the subjects
   sorted by id and dealt ``i mod 3`` into 3 folds (``brats_fusion.py``'s folds).
-  Hand-made: ``brats_2d`` (``brats_fusion.py``'s chosen default, ``segfuse_pyramid_linear``:
-  2.5D 128 × 128, batch 8, smp ResNet18 depth 4, ``level_blocks: 1`` as the config
-  ships, ``model.aux_slice: linear``) and ``brats_3d``
+  Hand-made: ``brats_2d`` (``configs/brats_t1_flair_lowres_2d.yaml`` as shipped:
+  ``brats_fusion.py``'s chosen default, ``segfuse_pyramid_linear``: 2.5D 128 × 128,
+  batch 8, smp ResNet18 depth 4, ``level_blocks: 1``, ``model.aux_slice: linear``, no
+  dropout) and ``brats_3d``
   (``configs/brats_t1_flair_lowres.yaml`` as shipped, dropout set to 0 like the 2D one).
 - ``brats_regions``: the 13 ``brats19_multimodal`` subjects as ``brats_fusion.py``'s
   task B prepares them (``runs/brats_lowres/task_b.yaml``: T1ce primary, FLAIR and T2
@@ -80,11 +81,7 @@ HAND: dict[str, dict[str, tuple[Path, list[str]]]] = {
         "hippocampus_2d": (REPO / "configs" / "hippocampus_2d.yaml", []),
     },
     "brats_wt": {
-        "brats_2d": (REPO / "configs" / "brats_t1_flair_lowres.yaml",
-                     ["model.mode=2d", "model.widen_factor=1.0", "model.norm=batch", "model.aux_slice=linear",
-                      "training.patch_size=[128, 128]",
-                      "training.batch_size=8", "inference.overlap=0.25", "inference.sw_batch_size=8",
-                      f"data.aux.{BRATS_AUX}.dropout=0.0"]),
+        "brats_2d": (REPO / "configs" / "brats_t1_flair_lowres_2d.yaml", []),  # as shipped
         "brats_3d": (REPO / "configs" / "brats_t1_flair_lowres.yaml", [f"data.aux.{BRATS_AUX}.dropout=0.0"]),
     },
     "brats_regions": {

@@ -581,8 +581,8 @@ def train(
         log.warning("training stopped at iteration %d of %d; continue with: segfuse train --resume %s",
                     status.iteration, total, run_path)
     elif is_main:
-        log.info("finished %d iterations in %.1f s of training; best validation mean Dice %.4f",
-                 status.iteration, status.train_seconds, status.best)
+        best = f"best validation mean Dice {status.best:.4f}" if status.best >= 0 else "no validation was run"
+        log.info("finished %d iterations in %.1f s of training; %s", status.iteration, status.train_seconds, best)
     if logger:
         logger.close()
     return TrainResult(run_path, status.iteration, status.best, interrupted, logger.history if logger else [])

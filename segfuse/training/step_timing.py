@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import statistics
 import time
@@ -282,14 +283,24 @@ def time_batches(
     case = PaddedCase("timing", primary, aux, label, (1.0, 1.0, 1.0), {1: points})
     dropout = {name: spec.dropout for name, spec in cfg.data.aux.items()}
     n_fg = max(1, round(t.batch_size * t.foreground_fraction)) if t.foreground_fraction > 0 else 0
-    times: list[float] = []
-    while len(times) < max_batches:
+    def build() -> float:
         t0 = time.perf_counter()
         for i in range(t.batch_size):
             sample_patch(case, t.patch_size, margin, scales, dropout, rng, foreground=i >= t.batch_size - n_fg,
                          augment_cfg=t.augment, slice_axis=2 if dims == 2 else None,
                          context=cfg.model.context_slices, aux_slice_mode=cfg.model.aux_slice)
-        times.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    # one untimed warm-up sample with every augmentation switched on: the first use of each pays one-time
+    # costs (imports, lazily built transforms) that a training run pays once, not per batch
+    every = {k: 1.0 for k in ("flip_prob", "rotate_prob", "scale_prob", "intensity_prob")
+             if getattr(t.augment, k) > 0}
+    sample_patch(case, t.patch_size, margin, scales, dropout, np.random.default_rng(1), foreground=True,
+                 augment_cfg=dataclasses.replace(t.augment, **every), slice_axis=2 if dims == 2 else None,
+                 context=cfg.model.context_slices, aux_slice_mode=cfg.model.aux_slice)
+    times: list[float] = []
+    while len(times) < max_batches:
+        times.append(build())
         if sum(times) >= max_seconds:
             break
     return statistics.median(times)
