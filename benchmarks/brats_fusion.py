@@ -78,7 +78,6 @@ import copy
 import csv
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -89,6 +88,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from segfuse.machine import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -850,7 +851,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     header = (f"BraTS fusion study (issue 12), mode {mode}, {minutes:g} min optimisation per run, auxiliaries at "
               f"{tag}, snapshots {snapshots}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs\nCommand: `{' '.join(sys.argv)}`")
+              f"{machine_line()}\nCommand: `{' '.join(sys.argv)}`")
     snapshot_names = [f"{round(f * 100):03d}pct" for f in snapshots]
     text = report(results, memory, snapshot_names)
     (out / "results.md").write_text(header + "\n\n" + text + "\n")

@@ -36,13 +36,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from segfuse.machine import machine_info
 
 ROOT = Path(__file__).resolve().parent.parent
 OLD_COMMIT = "98fe8fa"
@@ -345,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "benchmarks/data_scale.py (issue 11)",
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version()},
+        "machine": machine_info(),
         "shape": shape,
         "old_commit": OLD_COMMIT,
         "rows": rows,

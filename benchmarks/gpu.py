@@ -102,6 +102,8 @@ except ImportError:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from segfuse.machine import cpu_model  # noqa: E402
+
 
 def _elapsed() -> float:
     return time.monotonic() - T0
@@ -206,18 +208,8 @@ def environment(device: torch.device) -> dict[str, Any]:
             env["nvidia_smi"] = f"unavailable: {exc!r}"
     else:
         env["gpu_name"] = None
-        env["cpu_model"] = platform.processor() or _cpu_model()
+        env["cpu_model"] = cpu_model()
     return env
-
-
-def _cpu_model() -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
 
 
 # -- 2. training ------------------------------------------------------------------------

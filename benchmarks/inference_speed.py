@@ -64,7 +64,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -451,24 +450,9 @@ def run_nnunet(args: argparse.Namespace, base: dict[str, Any], label: Path | Non
 
 
 def machine_info() -> dict[str, Any]:
-    import monai
-    import torch
+    from segfuse.machine import machine_info as segfuse_machine_info
 
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "torch": torch.__version__,
-        "torch_threads_default": torch.get_num_threads(),
-        "monai": monai.__version__,
-        "python": platform.python_version(),
-        "nice": os.nice(0),
-    }
+    return {**segfuse_machine_info(), "nice": os.nice(0)}
 
 
 def _median(values: list[float]) -> float | None:

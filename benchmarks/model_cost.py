@@ -52,7 +52,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import shlex
 import statistics
@@ -273,24 +272,10 @@ def analytic_table(rows: list[dict[str, Any]]) -> str:
 
 
 def machine_info() -> dict[str, Any]:
-    import torch
+    from segfuse.machine import machine_info as segfuse_machine_info
 
-    cpu = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_average_start": os.getloadavg(),
-    }
+    info = segfuse_machine_info()
+    return {**info, "threads": info["torch_threads"], "load_average_start": os.getloadavg()}
 
 
 def run_variant(spec: dict[str, Any], timeout: float) -> dict[str, Any]:

@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import shutil
 import sys
 import time
@@ -72,19 +71,11 @@ DEEP_SUPERVISION_WEIGHTS = tuple(w / 1.75 for w in (1.0, 0.5, 0.25))
 
 
 def machine() -> dict[str, Any]:
-    """CPU model, core count, torch and MONAI versions."""
-    import os
+    """CPU model, cores, GPU, torch and MONAI versions (:func:`segfuse.machine.machine_info`)."""
+    from segfuse.machine import machine_info
 
-    import monai
-    import torch
-
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "monai": monai.__version__,
-            "threads": torch.get_num_threads(), "python": platform.python_version()}
+    info = machine_info()
+    return {**info, "threads": info["torch_threads"]}
 
 
 def build_peer(

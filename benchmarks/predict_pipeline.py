@@ -48,6 +48,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from segfuse.machine import cpu_model
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "brats_t1_flair_lowres.yaml"
 AUX_NAME = "flair_2x2x4mm"
@@ -238,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+        "machine": f"{platform.node()} {cpu_model()}, {os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
         + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
         "cases": args.cases,

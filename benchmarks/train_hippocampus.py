@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import platform
 import sys
 import time
 from datetime import datetime, timezone
@@ -30,17 +29,10 @@ DATA = REPO.parent / "shared" / "data" / "hippocampus"
 
 
 def machine() -> dict:
-    import torch
+    from segfuse.machine import machine_info
 
-    cpu = "unknown"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            cpu = line.split(":", 1)[1].strip()
-            break
-    import os
-
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version()}
+    info = machine_info()
+    return {**info, "threads": info["torch_threads"]}
 
 
 def plot_curve(metrics_csv: Path, out_png: Path, title: str) -> None:

@@ -31,13 +31,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from segfuse.machine import machine_info
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = (
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
             "benchmark": "benchmarks/train_speed.py (issue 5 §3)",
             "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "machine": {"cpu": platform.processor() or platform.machine(), "python": platform.python_version()},
+            "machine": machine_info(),
             "rows": rows,
             "time_ratios": ratios,
         }
