@@ -65,6 +65,8 @@ from pathlib import Path
 
 import numpy as np
 
+from segfuse.machine import machine_info, machine_line
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 BRATS_MANIFEST = REPO / "configs" / "brats18_manifest.yaml"
@@ -223,6 +225,7 @@ def run_one(job: dict) -> dict:
         "measured_s_per_it": train_s / max(1, result.iteration),
         "train_wall_seconds": round(train_wall, 1),
         "mean_dice": evaluation.summary["mean_dice"],
+        "machine": machine_info(),  # results accumulate across sessions, and the host has changed between them
         "case_dice": {case: float(np.nanmean(v)) for case, v in per_case.items()},
     }
 
@@ -349,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                               f"{len(held_out)} held out", flush=True)
                         subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], check=True)
                     results.append(json.loads(result_path.read_text()))
-    header = (f"plan quality, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC\n"
+    header = (f"plan quality, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine_line()}\n"
               f"Command: `{' '.join(sys.argv)}`\n")
     table = summarise(results)
     (out / "results.md").write_text(header + "\n" + table + "\n")

@@ -2,7 +2,7 @@
 
 Benchmarks print this beside every number (the same 2-core VM has been moved between
 an AMD EPYC and an Intel Xeon host between sessions, and its speed changed with it), and
-``segfuse train`` writes it into the run folder.
+``segfuse train`` logs it in the run's ``train.log`` each time it starts or resumes.
 
 Example:
     >>> info = machine_info()

@@ -14,6 +14,7 @@ from segfuse.data.layouts import read_dataset
 from segfuse.data.splits import SPLITS_NAME, fold_cases, kfold_splits, read_splits, write_splits
 from segfuse.io.checkpoint import load_checkpoint
 from segfuse.io.errors import SegfuseInputError
+from segfuse.machine import cpu_model
 from segfuse.training.loop import train
 
 IDS = [f"case{i:02d}" for i in range(11)]
@@ -97,6 +98,7 @@ def test_fold_training_writes_its_folder_splits_and_log(manifest: Path, tmp_path
     log = (result.run_dir / "train.log").read_text().splitlines()
     stamp = r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO segfuse\.train: "
     assert re.match(stamp + rf"run folder .*fold_1: {len(train_ids)} training and {len(val_ids)} validation", log[0])
+    assert re.match(stamp + re.escape(f"machine: {cpu_model()}, "), log[1])  # where the run's speed was measured
     epochs = [line for line in log if "iteration=" in line]
     assert len(epochs) == 1 and "train_loss=" in epochs[0] and "val_mean_dice=" in epochs[0]
     assert re.match(stamp + "finished 2 iterations", log[-1])

@@ -52,6 +52,7 @@ from segfuse.inference.engine import predict_prepared
 from segfuse.io.atomic import remove_stale_temporaries
 from segfuse.io.checkpoint import load_checkpoint, save_checkpoint
 from segfuse.io.errors import SegfuseInputError
+from segfuse.machine import machine_line
 from segfuse.training.logging import RunLogger
 from segfuse.training.losses import build_loss
 from segfuse.training.prefetch import BatchPrefetcher, iteration_rng, resolve_workers
@@ -483,6 +484,7 @@ def train(
         log.info("run folder %s: %d training and %d validation cases, %s, %d parameters, from iteration %d",
                  run_path, len(train_cases), len(val_cases), device, sum(p.numel() for p in parts.model.parameters()),
                  status.iteration)
+        log.info("machine: %s", machine_line())  # train.log keeps one line per start: a resumed run may move
 
     def checkpoint(name: str, gather: bool = True) -> None:
         rng = rng_states(world, gather)
