@@ -10,7 +10,8 @@ gradient clipping and an AdamW step (AMP and a ``GradScaler`` on CUDA when
 augmentation, :func:`segfuse.data.sampling.sample_patch`) from a random case of
 the dataset's median shape, since on a CPU the loop builds batches between steps.
 
-The measurement is bounded: one warm-up step, then timed steps until
+The measurement is bounded: one warm-up step (and one warm-up sample for batch
+building), then timed steps until
 ``max_steps`` or ``max_seconds``. A candidate larger than ``probe_voxels`` (voxels
 per batch) is run on a smaller *probe* patch and its time and activation memory
 scaled by the voxel ratio (convolutions cost time and memory in proportion to
@@ -250,7 +251,9 @@ def time_batches(
 
     The case has shape ``case_shape`` (padded to fit the patch and its augmentation
     margin), random intensities, the config's auxiliaries at their scales, and a
-    labelled box of ``object_extent`` in its centre.
+    labelled box of ``object_extent`` in its centre. One untimed sample with every
+    enabled augmentation switched on comes first, so that one-time costs (seconds
+    in a fresh process) are not reported as the cost of a batch.
     """
     dims = cfg.spatial_dims
     t = cfg.training
@@ -283,6 +286,7 @@ def time_batches(
     case = PaddedCase("timing", primary, aux, label, (1.0, 1.0, 1.0), {1: points})
     dropout = {name: spec.dropout for name, spec in cfg.data.aux.items()}
     n_fg = max(1, round(t.batch_size * t.foreground_fraction)) if t.foreground_fraction > 0 else 0
+
     def build() -> float:
         t0 = time.perf_counter()
         for i in range(t.batch_size):
