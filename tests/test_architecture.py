@@ -13,12 +13,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "segfuse"
 ALLOWED: dict[str, set[str]] = {
     "io": set(),
     "auxiliary": set(),
+    "machine": set(),
     "config": {"auxiliary", "io"},
     "models": {"auxiliary"},
     "data": {"auxiliary", "config", "io"},
     "factory": {"auxiliary", "config", "io", "models"},
     "inference": {"segfuse", "auxiliary", "config", "data", "factory", "io"},
-    "training": {"auxiliary", "config", "data", "factory", "inference", "io", "models"},
+    "training": {"auxiliary", "config", "data", "factory", "inference", "io", "machine", "models"},
     "evaluation": {"auxiliary", "config", "data", "inference", "io", "training"},
 }
 
