@@ -53,6 +53,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from segfuse.machine import machine_info
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hippocampus"
 PEERS = ("flexibleunet", "dynunet")
@@ -68,14 +70,6 @@ DYNUNET = {
 FLEXIBLEUNET = {"patch": (64, 64, 64), "batch": 4}
 # DynUNet's deep-supervision heads (full, 1/2, 1/4 resolution), weights 1, 1/2, 1/4 normalised as nnU-Net does
 DEEP_SUPERVISION_WEIGHTS = tuple(w / 1.75 for w in (1.0, 0.5, 0.25))
-
-
-def machine() -> dict[str, Any]:
-    """CPU model, cores, GPU, torch and MONAI versions (:func:`segfuse.machine.machine_info`)."""
-    from segfuse.machine import machine_info
-
-    info = machine_info()
-    return {**info, "threads": info["torch_threads"]}
 
 
 def build_peer(
@@ -287,7 +281,7 @@ def run_peer(peer: str, args: argparse.Namespace, minutes: float, out: Path) -> 
         "description": text,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([sys.executable, *sys.argv]),
-        "machine": machine(),
+        "machine": machine_info(),
         "split": {"train": len(train_cases), "eval": len(eval_cases), "seed": 0,
                   "how": "segfuse.data.layouts.split_cases(cases, 40, seed=0)"},
         "patch": list(patch),

@@ -24,15 +24,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from segfuse.machine import machine_info
+
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "hippocampus"
-
-
-def machine() -> dict:
-    from segfuse.machine import machine_info
-
-    info = machine_info()
-    return {**info, "threads": info["torch_threads"]}
 
 
 def plot_curve(metrics_csv: Path, out_png: Path, title: str) -> None:
@@ -117,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "train_hippocampus",
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join([sys.executable, *sys.argv]),
-        "machine": machine(),
+        "machine": machine_info(),
         "mode": mode,
         "split": {"train": len(train_cases), "eval": len(val_cases), "seed": 0},
         "budget_minutes": minutes,

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from segfuse.auxiliary import aux_scales, lcm_of_scales
-from segfuse.config import Config
+from segfuse.config import AugmentConfig, Config
 from segfuse.data.sampling import MAX_FOREGROUND_POINTS, PaddedCase, sample_patch
 from segfuse.factory import build_model
 from segfuse.training.step import TrainingParts, optimisation_step
@@ -287,24 +287,22 @@ def time_batches(
     dropout = {name: spec.dropout for name, spec in cfg.data.aux.items()}
     n_fg = max(1, round(t.batch_size * t.foreground_fraction)) if t.foreground_fraction > 0 else 0
 
-    def build() -> float:
-        t0 = time.perf_counter()
-        for i in range(t.batch_size):
-            sample_patch(case, t.patch_size, margin, scales, dropout, rng, foreground=i >= t.batch_size - n_fg,
-                         augment_cfg=t.augment, slice_axis=2 if dims == 2 else None,
-                         context=cfg.model.context_slices, aux_slice_mode=cfg.model.aux_slice)
-        return time.perf_counter() - t0
+    def sample(generator: np.random.Generator, foreground: bool, augment: AugmentConfig) -> None:
+        sample_patch(case, t.patch_size, margin, scales, dropout, generator, foreground=foreground,
+                     augment_cfg=augment, slice_axis=2 if dims == 2 else None,
+                     context=cfg.model.context_slices, aux_slice_mode=cfg.model.aux_slice)
 
     # one untimed warm-up sample with every augmentation switched on: the first use of each pays one-time
     # costs (imports, lazily built transforms) that a training run pays once, not per batch
     every = {k: 1.0 for k in ("flip_prob", "rotate_prob", "scale_prob", "intensity_prob")
              if getattr(t.augment, k) > 0}
-    sample_patch(case, t.patch_size, margin, scales, dropout, np.random.default_rng(1), foreground=True,
-                 augment_cfg=dataclasses.replace(t.augment, **every), slice_axis=2 if dims == 2 else None,
-                 context=cfg.model.context_slices, aux_slice_mode=cfg.model.aux_slice)
+    sample(np.random.default_rng(1), True, dataclasses.replace(t.augment, **every))
     times: list[float] = []
     while len(times) < max_batches:
-        times.append(build())
+        t0 = time.perf_counter()
+        for i in range(t.batch_size):
+            sample(rng, i >= t.batch_size - n_fg, t.augment)
+        times.append(time.perf_counter() - t0)
         if sum(times) >= max_seconds:
             break
     return statistics.median(times)
