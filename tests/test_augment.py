@@ -19,7 +19,7 @@ from segfuse.data import augment
 SPACING = (0.8, 0.8, 2.5)
 SCALE = (2, 2, 4)
 PATCH = (24, 24, 24)
-MARGIN = (8, 8, 8)  # multiples of the scale, as training.loop._margin makes them
+MARGIN = (8, 8, 8)  # multiples of the scale, as training.batches.augmentation_margin makes them
 WINDOW = tuple(p + 2 * m for p, m in zip(PATCH, MARGIN, strict=True))
 
 # Tolerance of the alignment check: mean |aux - block_average(primary)| below 5 % of the

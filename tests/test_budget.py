@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from segfuse.auxiliary import AuxInput, aux_scales, lcm_of_scales
 from segfuse.config import load_config
 from segfuse.io.errors import SegfuseInputError
 from segfuse.training.budget import (
@@ -247,3 +248,29 @@ def test_batch_timing_excludes_first_use_costs():
     assert used_albumentations == "True"  # the 2D intensity path ran in this fresh process
     # the call itself paid the first-use costs, the estimate did not
     assert float(per_batch) < 0.25 * float(whole_call), out.stdout
+
+
+def test_batch_timing_times_the_loops_batch_builder(monkeypatch):
+    """time_batches times training.batches.build_batch, the code the loop runs (it used to copy its loop):
+    one warm-up batch of one sample with every enabled augmentation on, then full batches of the config."""
+    from segfuse.training import batches, step_timing
+
+    cfg = load_config(REPO / "configs" / "debug.yaml", ["training.batch_size=3", "training.augment.rotate_prob=0.2"])
+    cfg.data.aux = {"flair": AuxInput("flair", scale=(2, 2, 4))}
+    built = []
+
+    def recording(cases, run_cfg, rng, margin, pin=False):
+        batch = batches.build_batch(cases, run_cfg, rng, margin, pin)
+        built.append((run_cfg.training.batch_size, run_cfg.training.augment.rotate_prob, tuple(margin), batch))
+        return batch
+
+    monkeypatch.setattr(step_timing, "build_batch", recording)
+    seconds = step_timing.time_batches(cfg, max_seconds=10.0, max_batches=2)
+    assert seconds > 0
+    lcm = lcm_of_scales(aux_scales(cfg.data.aux))
+    margin = tuple(batches.augmentation_margin(cfg, lcm))
+    assert any(margin)  # rotation on: the loop's margin, not zeros
+    assert [b[:3] for b in built] == [(1, 1.0, margin), (3, 0.2, margin), (3, 0.2, margin)]
+    x, aux, present, y = built[-1][3]
+    assert x.shape == (3, 1, 32, 32, 32) and y.shape == (3, 1, 32, 32, 32)
+    assert aux["flair"].shape == (3, 1, 16, 16, 8) and present["flair"].shape == (3,)

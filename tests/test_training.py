@@ -19,7 +19,7 @@ from segfuse.auxiliary import lcm_of_scales
 from segfuse.config import config_from_dict, load_config
 from segfuse.io.checkpoint import load_checkpoint
 from segfuse.io.errors import SegfuseInputError
-from segfuse.training import loop
+from segfuse.training import batches, loop
 from segfuse.training.loop import train
 from segfuse.training.prefetch import iteration_rng
 
@@ -82,7 +82,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(manifest, tmp_path):
 
 def test_sigterm_saves_a_checkpoint_and_stops_cleanly(manifest, tmp_path, monkeypatch):
     calls = {"n": 0}
-    original = loop._batch
+    original = batches.build_batch
 
     def batch_then_signal(*args, **kwargs):
         calls["n"] += 1
@@ -90,7 +90,7 @@ def test_sigterm_saves_a_checkpoint_and_stops_cleanly(manifest, tmp_path, monkey
             os.kill(os.getpid(), signal.SIGTERM)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(loop, "_batch", batch_then_signal)
+    monkeypatch.setattr(batches, "build_batch", batch_then_signal)
     result = train(config_from_dict(tiny_config(manifest, tmp_path)), progress=False)
     assert result.interrupted and result.iteration == 2
     assert load_checkpoint(result.run_dir / "checkpoint_last.pt")["iteration"] == 2
@@ -146,10 +146,10 @@ def test_batches_differ_between_iterations(manifest):
     cfg = config_from_dict(tiny_config(manifest, manifest.parent / "unused"))
     train_cases, _, cfg = loop.load_cases(cfg, progress=False)
     scales = {k: tuple(v.scale) for k, v in cfg.data.aux.items()}
-    margin = loop._margin(cfg, lcm_of_scales(scales))
+    margin = batches.augmentation_margin(cfg, lcm_of_scales(scales))
     padded = [c.padded(scales, cfg.training.patch_size, margin) for c in train_cases]
-    x0 = loop._batch(padded, cfg, iteration_rng(3, 0, 0), margin, pin=False)[0]
-    x1 = loop._batch(padded, cfg, iteration_rng(3, 0, 1), margin, pin=False)[0]
-    again = loop._batch(padded, cfg, iteration_rng(3, 0, 0), margin, pin=False)[0]
+    x0 = batches.build_batch(padded, cfg, iteration_rng(3, 0, 0), margin, pin=False)[0]
+    x1 = batches.build_batch(padded, cfg, iteration_rng(3, 0, 1), margin, pin=False)[0]
+    again = batches.build_batch(padded, cfg, iteration_rng(3, 0, 0), margin, pin=False)[0]
     assert torch.equal(x0, again)
     assert not np.allclose(x0.numpy(), x1.numpy())

@@ -44,7 +44,7 @@ from segfuse.auxiliary import aux_scales, lcm_of_scales
 from segfuse.config import Config, config_from_dict, save_config
 from segfuse.data.layouts import read_dataset, split_cases
 from segfuse.data.preprocess import PreparedCase
-from segfuse.data.sampling import PaddedCase, sample_patch
+from segfuse.data.sampling import PaddedCase
 from segfuse.data.splits import fold_cases, write_dataset_splits
 from segfuse.data.store import StoredCase
 from segfuse.factory import build_model
@@ -53,9 +53,10 @@ from segfuse.io.atomic import remove_stale_temporaries
 from segfuse.io.checkpoint import load_checkpoint, save_checkpoint
 from segfuse.io.errors import SegfuseInputError
 from segfuse.machine import machine_line
+from segfuse.training.batches import augmentation_margin, iteration_batch
 from segfuse.training.logging import RunLogger
 from segfuse.training.losses import build_loss
-from segfuse.training.prefetch import BatchPrefetcher, iteration_rng, resolve_workers
+from segfuse.training.prefetch import BatchPrefetcher, resolve_workers
 from segfuse.training.shared_store import shared_store
 from segfuse.training.speed_check import SpeedCheck
 from segfuse.training.step import Batch, TrainingParts, optimisation_step
@@ -120,16 +121,6 @@ def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
 
 
-def _margin(cfg: Config, lcm: tuple[int, ...]) -> list[int]:
-    """Context cut around each patch so rotations and zooms sample real image."""
-    aug = cfg.training.augment
-    if aug.rotate_prob <= 0 and aug.scale_prob <= 0:
-        return [0] * len(cfg.training.patch_size)
-    dims = cfg.spatial_dims
-    steps = lcm if dims == 3 else lcm[:2]
-    return [math.ceil(p * 0.125 / s) * s for p, s in zip(cfg.training.patch_size, steps, strict=True)]
-
-
 def load_cases(cfg: Config, progress: bool, rank: int = 0) -> tuple[list[StoredCase], list[StoredCase], Config]:
     """Read the dataset, fill in labels, split, and have every case in the preprocessed store (built when missing)."""
     dataset = read_dataset(cfg.data.dataset, primary=cfg.data.primary, aux=list(cfg.data.aux))
@@ -161,51 +152,11 @@ def training_views(cfg: Config, cases: list[StoredCase]) -> tuple[list[PaddedCas
     """The training cases as padded views over the store's memory-mapped files (no copies), and the margin."""
     scales = aux_scales(cfg.data.aux)
     lcm = lcm_of_scales(scales)
-    margin = _margin(cfg, lcm)
+    margin = augmentation_margin(cfg, lcm)
     if cfg.spatial_dims == 3:
         return [c.padded(scales, cfg.training.patch_size, margin) for c in cases], margin
     plane_patch = [*cfg.training.patch_size, lcm[2]]
     return [c.padded(scales, plane_patch, [*margin, 0]) for c in cases], margin
-
-
-# -- batches -------------------------------------------------------------------------------
-
-
-def _batch(
-    cases: list[PaddedCase], cfg: Config, rng: np.random.Generator, margin: list[int], pin: bool = False
-) -> Batch:
-    """One training batch on the CPU, drawn with ``rng``.
-
-    Returns ``(primary (B, C, *patch), {aux: (B, C_a, *patch / scale)}, {aux: present (B,)},
-    label (B, *patch))``; tensors are in pinned memory when ``pin`` (for asynchronous copies to a GPU).
-    """
-    t = cfg.training
-    scales = aux_scales(cfg.data.aux)
-    dropout = {name: spec.dropout for name, spec in cfg.data.aux.items()}
-    n_fg = max(1, round(t.batch_size * t.foreground_fraction)) if t.foreground_fraction > 0 else 0
-    samples = []
-    for i in range(t.batch_size):
-        case = cases[rng.integers(len(cases))]
-        samples.append(
-            sample_patch(
-                case, t.patch_size, margin, scales, dropout, rng, foreground=i >= t.batch_size - n_fg,
-                augment_cfg=t.augment, slice_axis=2 if cfg.spatial_dims == 2 else None,
-                context=cfg.model.context_slices, aux_slice_mode=cfg.model.aux_slice,
-            )
-        )
-
-    def stack(key: str) -> torch.Tensor:
-        tensor = torch.from_numpy(np.stack([s[key] for s in samples]))
-        return tensor.pin_memory() if pin else tensor
-
-    aux = {name: stack(f"aux_{name}") for name in scales}
-    present = {name: stack(f"present_{name}") for name in scales}
-    return stack("primary"), aux, present, stack("label")
-
-
-def _iteration_batch(cases: list[PaddedCase], cfg: Config, margin: list[int], seed: int, rank: int, i: int) -> Batch:
-    """The batch of iteration ``i`` (module level, so batch-building processes can be handed it)."""
-    return _batch(cases, cfg, iteration_rng(seed, rank, i), margin)
 
 
 def _to_device(batch: Batch, device: torch.device) -> Batch:
@@ -442,7 +393,7 @@ def train(
     The steps, in order: read the checkpoint to resume (:func:`resume_state`), start
     the process (:func:`start_process`), the data (:func:`load_cases`,
     :func:`training_views`), build (:func:`build_training`, :func:`restore`), then per
-    iteration a batch (:func:`_iteration_batch`) and one optimisation step
+    iteration a batch (:func:`~segfuse.training.batches.iteration_batch`) and one optimisation step
     (:func:`~segfuse.training.step.optimisation_step`); at each epoch's end validation
     (:func:`validate`) and checkpoints (:func:`checkpoint_state`).
 
@@ -506,7 +457,7 @@ def train(
     done_fraction = min(status.train_seconds / budget, 1.0) if by_time else status.iteration / max(1, total)
     pending_snapshots = sorted(f for f in cfg.training.snapshots if f > done_fraction)
 
-    build = functools.partial(_iteration_batch, padded, cfg, margin, cfg.experiment.seed, rank)
+    build = functools.partial(iteration_batch, padded, cfg, margin, cfg.experiment.seed, rank)
     speed_check = SpeedCheck(cfg, enabled=is_main)  # warns when the speed leaves too few iterations
     with _signals(flag), BatchPrefetcher(build, start=status.iteration, workers=workers, pin=pin) as batches:
         while status.iteration < total:

@@ -6,9 +6,10 @@ the config's auxiliaries), feeds it random tensors of the config's patch and
 batch shapes and times what one iteration of :func:`segfuse.training.loop.train`
 does: forward, DiceCE loss (with deep supervision when configured), backward,
 gradient clipping and an AdamW step (AMP and a ``GradScaler`` on CUDA when
-``training.amp``). It also times building a batch (patch sampling and
-augmentation, :func:`segfuse.data.sampling.sample_patch`) from a random case of
-the dataset's median shape, since on a CPU the loop builds batches between steps.
+``training.amp``). It also times building a batch with the loop's own batch builder
+(:func:`segfuse.training.batches.build_batch`: patch sampling, augmentation, stacking)
+from a random case of the dataset's median shape, since on a CPU the loop builds
+batches between steps.
 
 The measurement is bounded: one warm-up step (and one warm-up sample for batch
 building), then timed steps until
@@ -38,15 +39,18 @@ import numpy as np
 import torch
 
 from segfuse.auxiliary import aux_scales, lcm_of_scales
-from segfuse.config import AugmentConfig, Config
-from segfuse.data.sampling import MAX_FOREGROUND_POINTS, PaddedCase, sample_patch
+from segfuse.config import Config
+from segfuse.data.sampling import MAX_FOREGROUND_POINTS, PaddedCase
 from segfuse.factory import build_model
+from segfuse.training.batches import augmentation_margin, build_batch
 from segfuse.training.step import TrainingParts, optimisation_step
 
 __all__ = ["IterationTiming", "probe_patch", "time_batches", "time_iteration"]
 
 #: bytes per parameter held in training: weights, gradients and AdamW's two moments (float32)
 PARAMETER_STATE_BYTES = 16
+#: the augmentation probabilities the warm-up sample sets to 1 (those above 0)
+AUGMENT_PROBABILITIES = ("flip_prob", "rotate_prob", "scale_prob", "intensity_prob")
 BATCH_WORKERS_GPU = 8  # what resolve_workers gives beside a GPU (batches are built while the GPU steps)
 
 
@@ -249,9 +253,11 @@ def time_batches(
 ) -> float:
     """Seconds to build one training batch of ``cfg`` (median over a few), from a random case.
 
-    The case has shape ``case_shape`` (padded to fit the patch and its augmentation
-    margin), random intensities, the config's auxiliaries at their scales, and a
-    labelled box of ``object_extent`` in its centre. One untimed sample with every
+    Each batch is built by :func:`~segfuse.training.batches.build_batch`, the code the
+    training loop runs, with the loop's augmentation margin. The case has shape
+    ``case_shape`` (padded to fit the patch and its augmentation margin), random
+    intensities, the config's auxiliaries at their scales, and a labelled box of
+    ``object_extent`` in its centre. One untimed batch of one sample with every
     enabled augmentation switched on comes first, so that one-time costs (seconds
     in a fresh process) are not reported as the cost of a batch.
     """
@@ -259,9 +265,7 @@ def time_batches(
     t = cfg.training
     scales = aux_scales(cfg.data.aux)
     lcm = lcm_of_scales(scales)
-    steps = lcm if dims == 3 else lcm[:2]
-    rotate = t.augment.rotate_prob > 0 or t.augment.scale_prob > 0
-    margin = [math.ceil(p * 0.125 / s) * s if rotate else 0 for p, s in zip(t.patch_size, steps, strict=True)]
+    margin = augmentation_margin(cfg, lcm)
     if dims == 2:
         patch3 = [*t.patch_size, 2 * cfg.model.context_slices + 1]
         margin3 = [*margin, 0]
@@ -283,25 +287,20 @@ def time_batches(
         name: rng.standard_normal((1, *(n // si for n, si in zip(shape, s, strict=True))), dtype=np.float32)
         for name, s in scales.items()
     }
-    case = PaddedCase("timing", primary, aux, label, (1.0, 1.0, 1.0), {1: points})
-    dropout = {name: spec.dropout for name, spec in cfg.data.aux.items()}
-    n_fg = max(1, round(t.batch_size * t.foreground_fraction)) if t.foreground_fraction > 0 else 0
-
-    def sample(generator: np.random.Generator, foreground: bool, augment: AugmentConfig) -> None:
-        sample_patch(case, t.patch_size, margin, scales, dropout, generator, foreground=foreground,
-                     augment_cfg=augment, slice_axis=2 if dims == 2 else None,
-                     context=cfg.model.context_slices, aux_slice_mode=cfg.model.aux_slice)
+    cases = [PaddedCase("timing", primary, aux, label, (1.0, 1.0, 1.0), {1: points})]
 
     # one untimed warm-up sample with every augmentation switched on: the first use of each pays one-time
     # costs (imports, lazily built transforms) that a training run pays once, not per batch
-    every = {k: 1.0 for k in ("flip_prob", "rotate_prob", "scale_prob", "intensity_prob")
-             if getattr(t.augment, k) > 0}
-    sample(np.random.default_rng(1), True, dataclasses.replace(t.augment, **every))
+    warm_up = copy.deepcopy(cfg)
+    warm_up.training.batch_size = 1
+    warm_up.training.augment = dataclasses.replace(
+        t.augment, **{k: 1.0 for k in AUGMENT_PROBABILITIES if getattr(t.augment, k) > 0}
+    )
+    build_batch(cases, warm_up, np.random.default_rng(1), margin)
     times: list[float] = []
     while len(times) < max_batches:
         t0 = time.perf_counter()
-        for i in range(t.batch_size):
-            sample(rng, i >= t.batch_size - n_fg, t.augment)
+        build_batch(cases, cfg, rng, margin)
         times.append(time.perf_counter() - t0)
         if sum(times) >= max_seconds:
             break
