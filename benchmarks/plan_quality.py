@@ -24,8 +24,9 @@ Datasets and folds (fixed, stated here so the benchmark can be rerun):
   2 × 2 × 4 mm FLAIR (``flair_2x2x4mm``) as auxiliary, whole tumour; the subjects
   sorted by id and dealt ``i mod 3`` into 3 folds (``brats_fusion.py``'s folds).
   Hand-made: ``brats_2d`` (``configs/brats_t1_flair_lowres_2d.yaml`` as shipped:
-  ``brats_fusion.py``'s chosen default, ``segfuse_pyramid_linear``: 2.5D 128 × 128,
-  batch 8, smp ResNet18 depth 4, ``level_blocks: 1``, ``model.aux_slice: linear``, no
+  ``brats_fusion.py``'s chosen default, ``segfuse_pyramid_linear``: axial slices
+  128 × 128 without neighbouring T1 slices (``context_slices: 0``; the plan's 2.5D adds one on
+  each side), batch 8, smp ResNet18 depth 4, ``level_blocks: 1``, ``model.aux_slice: linear``, no
   dropout) and ``brats_3d``
   (``configs/brats_t1_flair_lowres.yaml`` as shipped, dropout set to 0 like the 2D one).
 - ``brats_regions``: the 13 ``brats19_multimodal`` subjects as ``brats_fusion.py``'s
@@ -266,6 +267,7 @@ def summarise(results: list[dict]) -> str:
                 verdict = "met" if gap >= -DICE_MARGIN else "missed"
                 lines += ["", f"- plan vs best hand-made (`{best}`): {dice_of['plan']:.3f} vs {hand[best]:.3f} "
                               f"({gap:+.3f}; target ≥ −{DICE_MARGIN}) → **{verdict}**"]
+                lines += paired_lines(by_variant["plan"], by_variant[best], best)
             if "plan" in by_variant:
                 errors = [abs(r["estimate_s_per_it"] / r["measured_s_per_it"] - 1) for r in by_variant["plan"]]
                 verdict = "met" if max(errors) <= ESTIMATE_TOLERANCE else "missed"
@@ -277,6 +279,30 @@ def summarise(results: list[dict]) -> str:
                 lines.append(f"- BraTS whole tumour ≥ 0.80 at 30 min (plan): {dice_of['plan']:.3f} → **{verdict}**")
             lines.append("")
     return "\n".join(lines)
+
+
+def paired_lines(plan: list[dict], hand: list[dict], hand_name: str) -> list[str]:
+    """Per-fold means and the per-case paired difference plan − ``hand_name`` over the cases both scored."""
+    lines = []
+    folds = sorted({r["fold"] for r in plan} & {r["fold"] for r in hand})
+    if len(folds) > 1:
+        per_fold = []
+        for fold in folds:
+            p = np.nanmean([d for r in plan if r["fold"] == fold for d in r["case_dice"].values()])
+            h = np.nanmean([d for r in hand if r["fold"] == fold for d in r["case_dice"].values()])
+            per_fold.append(f"fold {fold} {p:.3f} vs {h:.3f}")
+        lines.append("- per fold (plan vs " + f"`{hand_name}`): " + "; ".join(per_fold))
+    plan_cases = {c: d for r in plan for c, d in r["case_dice"].items()}
+    hand_cases = {c: d for r in hand for c, d in r["case_dice"].items()}
+    diff = np.array([plan_cases[c] - hand_cases[c] for c in sorted(plan_cases.keys() & hand_cases.keys())])
+    if len(diff) > 1:
+        rng = np.random.default_rng(0)
+        boot = rng.choice(diff, size=(10_000, len(diff)), replace=True).mean(axis=1)
+        low, high = np.percentile(boot, [2.5, 97.5])
+        lines.append(f"- paired per case (plan − `{hand_name}`, {len(diff)} cases): mean {diff.mean():+.3f}, "
+                     f"95 % bootstrap CI [{low:+.3f}, {high:+.3f}], {int((diff > 0).sum())} wins / "
+                     f"{int((diff < 0).sum())} losses")
+    return lines
 
 
 def gpu_compare() -> str:
