@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import platform
 import shlex
 import statistics
@@ -48,7 +47,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from segfuse.machine import cpu_model
+from segfuse.machine import machine_info, machine_line
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO / "configs" / "brats_t1_flair_lowres.yaml"
@@ -240,9 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv]),
-        "machine": f"{platform.node()} {cpu_model()}, {os.cpu_count()} CPUs, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {device}"
-        + (f" ({torch.cuda.get_device_name()})" if device.startswith("cuda") else ""),
+        "machine": f"{machine_line()}; host {platform.node()}, device {device}",
+        "machine_info": machine_info(),
         "cases": args.cases,
         "shape": list(args.shape),
         "network": network,
