@@ -523,12 +523,10 @@ def step_memory(job: dict[str, Any]) -> dict[str, Any]:
 
 
 def bootstrap_ci(diffs: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
-    """95 % percentile bootstrap interval of the mean of ``diffs`` (resampling subjects)."""
-    if len(diffs) == 0:
-        return float("nan"), float("nan")
-    rng = np.random.default_rng(seed)
-    means = diffs[rng.integers(0, len(diffs), (n, len(diffs)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    """95 % percentile bootstrap interval of the mean of ``diffs`` (resampling subjects): segfuse's own."""
+    from segfuse.evaluation import crossval
+
+    return crossval.bootstrap_ci(np.asarray(diffs, dtype=float), n, seed)
 
 
 def per_subject(results: list[dict[str, Any]], checkpoint: str = "final") -> dict[tuple[str, str], dict]:

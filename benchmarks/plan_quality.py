@@ -283,6 +283,8 @@ def summarise(results: list[dict]) -> str:
 
 def paired_lines(plan: list[dict], hand: list[dict], hand_name: str) -> list[str]:
     """Per-fold means and the per-case paired difference plan − ``hand_name`` over the cases both scored."""
+    from segfuse.evaluation.crossval import bootstrap_ci
+
     lines = []
     folds = sorted({r["fold"] for r in plan} & {r["fold"] for r in hand})
     if len(folds) > 1:
@@ -296,9 +298,7 @@ def paired_lines(plan: list[dict], hand: list[dict], hand_name: str) -> list[str
     hand_cases = {c: d for r in hand for c, d in r["case_dice"].items()}
     diff = np.array([plan_cases[c] - hand_cases[c] for c in sorted(plan_cases.keys() & hand_cases.keys())])
     if len(diff) > 1:
-        rng = np.random.default_rng(0)
-        boot = rng.choice(diff, size=(10_000, len(diff)), replace=True).mean(axis=1)
-        low, high = np.percentile(boot, [2.5, 97.5])
+        low, high = bootstrap_ci(diff)
         lines.append(f"- paired per case (plan − `{hand_name}`, {len(diff)} cases): mean {diff.mean():+.3f}, "
                      f"95 % bootstrap CI [{low:+.3f}, {high:+.3f}], {int((diff > 0).sum())} wins / "
                      f"{int((diff < 0).sum())} losses")

@@ -54,6 +54,7 @@ __all__ = [
     "Comparison",
     "Configuration",
     "Ranking",
+    "bootstrap_ci",
     "compare_configurations",
     "cv_summary",
     "predict_validation",
@@ -193,7 +194,7 @@ def _score_configuration(
 # ---------------------------------------------------------------- comparison
 
 
-def _bootstrap_ci(diffs: np.ndarray, n_bootstrap: int, seed: int) -> tuple[float, float]:
+def bootstrap_ci(diffs: np.ndarray, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
     """95 % percentile bootstrap interval of the mean of ``diffs`` (resampling cases)."""
     if diffs.size == 0:
         return (math.nan, math.nan)
@@ -228,7 +229,7 @@ def _paired(best: np.ndarray, other: np.ndarray, n_bootstrap: int, seed: int) ->
     diffs = best - other
     return {
         "mean_difference": float(diffs.mean()) if diffs.size else math.nan,
-        "ci95": _bootstrap_ci(diffs, n_bootstrap, seed),
+        "ci95": bootstrap_ci(diffs, n_bootstrap, seed),
         "wins": int((diffs > 0).sum()),
         "losses": int((diffs < 0).sum()),
         "ties": int((diffs == 0).sum()),
