@@ -10,7 +10,11 @@ For one case:
    lies there, as the BraTS ``flair_2x2x4mm`` does); never onto the primary grid;
 5. bring the label onto the primary grid (nearest neighbour), after checking it
    shares the primary's original grid;
-6. normalise each input (MR: z-score over its foreground, the voxels above
+6. note the box of the primary's non-zero voxels *before* normalisation
+   (:attr:`PreparedCase.nonzero_box`: the head of a skull-stripped scan; the
+   whole volume for most others), which :func:`crop_to_nonzero` crops to for
+   training and prediction alike;
+7. normalise each input (MR: z-score over its foreground, the voxels above
    5 % of the 99th percentile; CT: clip to the
    plan's percentiles, z-score with the plan's mean and std).
 
@@ -69,6 +73,10 @@ class PreparedCase:
         source: the primary as read (its grid is where predictions are written).
         offset: start of ``primary`` inside the canonical, resampled grid (non-zero
             after :func:`crop_to_nonzero`).
+        nonzero_box: ``(start, stop)`` per axis of the voxels where some channel of the
+            primary is non-zero *before* normalisation (which moves the zero background
+            to ``-mean / std``); ``None`` when unknown (a case read back from the store)
+            or when the primary is all zero.
     """
 
     case_id: str
@@ -78,6 +86,7 @@ class PreparedCase:
     affine: np.ndarray
     source: Volume | None = None
     offset: tuple[int, ...] = (0, 0, 0)
+    nonzero_box: tuple[tuple[int, ...], tuple[int, ...]] | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -218,25 +227,49 @@ def prepare_case(case: Case, spec: Preprocessing, *, with_label: bool = True) ->
         label=label,
         affine=affine,
         source=source,
+        nonzero_box=nonzero_box(primary),
     )
 
 
-def crop_to_nonzero(case: PreparedCase, scales: Mapping[str, Sequence[int]], margin: int = 0) -> PreparedCase:
-    """Crop to the primary's non-zero box, start and end on multiples of the scales' lcm.
+def nonzero_box(array: np.ndarray) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """``(start, stop)`` per spatial axis of the voxels where some channel of ``array`` ``(C, *S)`` is non-zero.
 
-    Keeps every auxiliary exactly aligned: the auxiliary is cropped at ``start / scale``.
+    ``None`` when every voxel is zero.
+    """
+    mask = np.any(array != 0, axis=0)
+    if not mask.any():
+        return None
+    start, stop = [], []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        start.append(int(hit[0]))
+        stop.append(int(hit[-1]) + 1)
+    return tuple(start), tuple(stop)
+
+
+def crop_to_nonzero(case: PreparedCase, scales: Mapping[str, Sequence[int]], margin: int = 0) -> PreparedCase:
+    """Crop to the primary's non-zero box (and the label's), start and end on multiples of the scales' lcm.
+
+    The box is :attr:`PreparedCase.nonzero_box` — found before normalisation, since
+    after it the background is no longer zero — or, for a case without one, the
+    non-zero voxels of ``case.primary`` as it is. Voxels of the label above 0 are kept
+    whatever the box. Keeps every auxiliary exactly aligned: the auxiliary is cropped
+    at ``start / scale``. Returns ``case`` itself when there is nothing to crop.
     """
     lcm = lcm_of_scales(scales)
-    nonzero = np.any(case.primary != 0, axis=0)
-    if case.label is not None:
-        nonzero |= case.label > 0
-    if not nonzero.any():
+    box = case.nonzero_box if case.nonzero_box is not None else nonzero_box(case.primary)
+    if case.label is not None and case.label.any():
+        label_box = nonzero_box(case.label[None])
+        box = label_box if box is None else (
+            tuple(min(a, b) for a, b in zip(box[0], label_box[0], strict=True)),
+            tuple(max(a, b) for a, b in zip(box[1], label_box[1], strict=True)),
+        )
+    if box is None:
         return case
-    coords = np.nonzero(nonzero)
-    start = [max(0, (int(c.min()) - margin) // m * m) for c, m in zip(coords, lcm, strict=True)]
-    stop = [
-        min(n, -(-(int(c.max()) + 1 + margin) // m) * m) for c, m, n in zip(coords, lcm, case.shape, strict=True)
-    ]
+    start = [max(0, (a - margin) // m * m) for a, m in zip(box[0], lcm, strict=True)]
+    stop = [min(n, -(-(b + margin) // m) * m) for b, m, n in zip(box[1], lcm, case.shape, strict=True)]
+    if start == [0] * len(start) and stop == list(case.shape):
+        return case
     box = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
     aux: dict[str, np.ndarray | None] = {}
     for name, array in case.aux.items():
@@ -255,7 +288,11 @@ def crop_to_nonzero(case: PreparedCase, scales: Mapping[str, Sequence[int]], mar
         label=None if case.label is None else np.ascontiguousarray(case.label[box]),
         affine=affine,
         source=case.source,
-        offset=tuple(start),
+        offset=tuple(int(o) + a for o, a in zip(case.offset, start, strict=True)),
+        nonzero_box=None if case.nonzero_box is None else (
+            tuple(max(0, a - s) for a, s in zip(case.nonzero_box[0], start, strict=True)),
+            tuple(min(b, e) - s for b, e, s in zip(case.nonzero_box[1], stop, start, strict=True)),
+        ),
     )
 
 

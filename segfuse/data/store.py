@@ -77,7 +77,9 @@ except ImportError:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-STORE_VERSION = 1
+# 2: ``crop_to_nonzero`` crops to the primary's non-zero box found before normalisation
+#    (version 1 looked after it, found the background moved off zero, and cropped nothing)
+STORE_VERSION = 2
 MANIFEST = "store.json"
 CASES = "cases"
 RECORD = "case.json"

@@ -12,7 +12,9 @@
 3. :func:`segfuse.inference.engine.predict_prepared` (also used by training's
    validation) runs :func:`~segfuse.inference.windows.sliding_window_multires`
    over the primary and every auxiliary together and blends softmax
-   probabilities (AMP on CUDA only). A 2D model runs slice by slice along the
+   probabilities (AMP on CUDA only). With ``data.crop_to_nonzero`` only the box of
+   the primary's non-zero voxels is run (the box training sampled from) and the
+   rest is background. A 2D model runs slice by slice along the
    last axis: each primary slice with ``context_slices`` neighbours on each
    side (clamped at the edges) as channels, with each auxiliary's plane for
    slice ``z`` (``model.aux_slice``: slice ``z // scale_z``, or the interpolation

@@ -1,6 +1,12 @@
 """Run a network over a whole prepared case (2D slice by slice, or 3D), windowing every input.
 
 Used by validation during training and by ``segfuse predict``: one code path.
+
+With ``data.crop_to_nonzero`` (the default) the network sees only the box of the
+primary's non-zero voxels (:func:`segfuse.data.preprocess.crop_to_nonzero`, the crop
+training samples from) and every voxel outside it is background — as nnU-Net does
+for skull-stripped scans. A scan without a zero background (most CT, most unstripped
+MR) has the whole volume as its box.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from tqdm.auto import tqdm
 
 from segfuse.auxiliary import aux_scales
 from segfuse.data.aux_slices import aux_slice
-from segfuse.data.preprocess import PreparedCase
+from segfuse.data.preprocess import PreparedCase, crop_to_nonzero
 from segfuse.inference.windows import Predictor, sliding_window_multires
 
 
@@ -53,6 +59,21 @@ def predict_prepared(
         mirror_axes: spatial axes for mirror test-time augmentation (``None``: config's).
         progress: a progress bar over the sliding-window batches (3D) or over the slices (2D).
     """
+    if cfg.data.crop_to_nonzero and case.nonzero_box is not None:
+        cropped = crop_to_nonzero(case, aux_scales(cfg.data.aux))
+        if cropped is not case:
+            inside = _predict_whole(model, cfg, cropped, device, mirror_axes, progress)
+            out = torch.zeros((inside.shape[0], *case.shape), dtype=inside.dtype)
+            if not cfg.data.regions:
+                out[0] = 1.0  # background: class 0 (the regions' sigmoids stay 0)
+            start = [c - o for c, o in zip(cropped.offset, case.offset, strict=True)]
+            out[(slice(None), *(slice(a, a + n) for a, n in zip(start, cropped.shape, strict=True)))] = inside
+            return out
+    return _predict_whole(model, cfg, case, device, mirror_axes, progress)
+
+
+def _predict_whole(model, cfg, case: PreparedCase, device, mirror_axes, progress) -> torch.Tensor:
+    """:func:`predict_prepared` over the whole of ``case``: ``(K, *case.shape)``."""
     device = torch.device(device)
     axes = [a for a in (cfg.inference.mirror_axes if mirror_axes is None else mirror_axes) if a < cfg.spatial_dims]
     scales = aux_scales(cfg.data.aux)
