@@ -247,6 +247,11 @@ def export_metadata(model: LoadedModel, fmt: str, *, example_shapes: Mapping[str
             "spacing_how": "linear resampling of the primary to target_spacing (edges of the field of view kept) "
             "when its spacing differs; none when null",
             "primary": {"modality": cfg.data.primary, "normalisation": _norm_dict(cfg.data.primary_norm)},
+            "crop_to_nonzero": bool(cfg.data.crop_to_nonzero),
+            "crop_how": "when crop_to_nonzero: the network runs on the box of the voxels where some channel of "
+            "the primary is non-zero before normalisation (on the canonical grid, after resampling), its start "
+            "rounded down and its end up to multiples of the auxiliary scales' lcm (auxiliaries cut at "
+            "start / scale); every voxel outside the box is background",
             "aux_grid": "edge-aligned: auxiliary voxel i covers primary voxels [i*s, (i+1)*s); "
             "shape ceil(primary_shape / scale); affine primary_affine @ [[diag(s), (s-1)/2], [0, 1]]",
             "aux": aux_meta,
