@@ -43,7 +43,7 @@ from segfuse.auxiliary import ModalityNorm
 from segfuse.data.cases import Case, ImageRef
 from segfuse.data.labels import validate_label_array
 from segfuse.data.layouts import read_dataset
-from segfuse.data.preprocess import MIN_AUX_OVERLAP
+from segfuse.data.preprocess import MIN_AUX_OVERLAP, nonzero_box
 from segfuse.io.errors import SegfuseInputError
 from segfuse.io.geometry import (
     aux_grid,
@@ -153,15 +153,14 @@ def _foreground_extent_mm(label: np.ndarray, affine: np.ndarray) -> tuple[float,
     axis it maps to (:func:`canonical_grid`'s permutation); exact for axis-aligned
     grids, an approximation for oblique ones.
     """
-    mask = label > 0
-    if not mask.any():
+    box = nonzero_box((label > 0)[None])
+    if box is None:
         return None
     spacing = spacing_from_affine(affine)
     ornt = nib.orientations.io_orientation(affine)
     extent = [0.0, 0.0, 0.0]
-    for axis in range(3):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
-        extent[int(ornt[axis, 0])] = float(hit[-1] - hit[0] + 1) * float(spacing[axis])
+    for axis, (start, stop) in enumerate(zip(*box, strict=True)):
+        extent[int(ornt[axis, 0])] = float(stop - start) * float(spacing[axis])
     return tuple(extent)
 
 
