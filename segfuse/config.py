@@ -137,6 +137,10 @@ class TrainingConfig:
     ``snapshots``: fractions of the run (of the time budget with ``schedule: time``,
     else of the iterations), e.g. ``[0.5]``, at which a copy of the weights is kept
     as ``checkpoint_050pct.pt``, to show how results move during training.
+    ``decode_without_aux``: decode every sample a second time with all auxiliaries
+    absent (the encoder runs once; the decoder's batch doubles) and average the two
+    losses, so a model trained with modality dropout learns its primary-only path from
+    every sample; needs some ``data.aux.<name>.dropout > 0``.
     """
 
     patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
@@ -159,6 +163,7 @@ class TrainingConfig:
     num_workers: int | None = None
     val_every: int = 1
     snapshots: list[float] = field(default_factory=list)
+    decode_without_aux: bool = False
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -355,6 +360,12 @@ def validate(cfg: Config) -> Config:
     if any(not 0.0 < f < 1.0 for f in cfg.training.snapshots):
         raise SegfuseInputError(
             f"config key training.snapshots: fractions of the run in (0, 1), got {cfg.training.snapshots}"
+        )
+    if cfg.training.decode_without_aux and not any(a.dropout > 0 for a in cfg.data.aux.values()):
+        raise SegfuseInputError(
+            "config key training.decode_without_aux: true needs modality dropout (data.aux.<name>.dropout > 0 "
+            "for some auxiliary; the model is then marked as working without its auxiliaries), got dropout "
+            f"{ {name: a.dropout for name, a in cfg.data.aux.items()} }"
         )
     if not 0.0 <= cfg.inference.overlap < 1.0:
         raise SegfuseInputError(f"config key inference.overlap: must be in [0, 1), got {cfg.inference.overlap}")

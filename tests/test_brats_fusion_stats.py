@@ -202,6 +202,40 @@ def test_goal_three_judges_the_chosen_defaults_dropout_twin():
     assert bench.chosen_default(results, "A")[0] == "segfuse_gated"  # a twin is never a candidate
 
 
+def test_goal_three_counts_the_pairs_twin_once_it_ran_on_every_fold():
+    results = _results(-0.05)
+    results.append(_run("A", "segfuse_gated", {c: 0.85 for c in CASES}))  # the chosen default
+    results.append(_run("A", "segfuse_gated_dropout", {c: 0.30 for c in CASES},
+                        settings=("all", "without flair_2x2x4mm")))
+    results.append(_run("A", "segfuse_gated_dropout_pairs", {c: 0.39 for c in CASES},
+                        settings=("all", "without flair_2x2x4mm")))
+    goal3 = {g["goal"]: g for g in bench.goals(results, MEMORY)}[3]
+    assert goal3["verdict"] == "met"  # the pairs twin's 0.39 >= primary only 0.40 - 0.02; the dropout twin is listed
+    assert [(c["absent"].split()[0], c["counts"]) for c in goal3["checks"]] == [
+        ("segfuse_gated_dropout_pairs", True), ("segfuse_gated_dropout", False), ("segfuse_dropout", False)]
+    # a pairs twin missing a fold does not count: the dropout twin does
+    other_fold = [_run("A", "segfuse_gated", {c: 0.85 for c in CASES}),
+                  _run("A", "segfuse_gated_dropout", {c: 0.30 for c in CASES},
+                       settings=("all", "without flair_2x2x4mm"))]
+    for r in other_fold:
+        r["fold"] = 1
+    goal3 = {g["goal"]: g for g in bench.goals([*results, *other_fold], MEMORY)}[3]
+    assert [(c["absent"].split()[0], c["counts"]) for c in goal3["checks"]][:2] == [
+        ("segfuse_gated_dropout", True), ("segfuse_gated_dropout_pairs", False)]
+    assert goal3["verdict"] == "missed"
+
+
+def test_a_pairs_twin_is_the_dropout_twin_decoded_with_and_without_its_auxiliaries():
+    twin = bench.run_config(_job("segfuse_pyramid_linear_dropout"))
+    pairs = bench.run_config(_job("segfuse_pyramid_linear_dropout_pairs"))
+    assert not twin.training.decode_without_aux and pairs.training.decode_without_aux
+    assert [a.dropout for a in pairs.data.aux.values()] == [a.dropout for a in twin.data.aux.values()]
+    assert pairs.model.aux_slice == "linear" and [a.level_blocks for a in pairs.data.aux.values()] == [1]
+    assert bench.design_of("segfuse_pyramid_linear_dropout_pairs") == "segfuse_pyramid_linear"
+    assert bench.trained_with_dropout("segfuse_dropout_pairs") and not bench.trained_with_dropout("segfuse")
+    assert "segfuse_dropout_pairs" in bench.variants_of(bench.TASKS["B"])
+
+
 def test_a_dropout_twin_is_its_design_with_modality_dropout():
     design = bench.run_config(_job("segfuse_pyramid_linear"))
     twin = bench.run_config(_job("segfuse_pyramid_linear_dropout"))

@@ -217,6 +217,30 @@ def test_missing_aux_runs_when_allowed_and_equals_zero_mask(fusion):
     assert (masked[1] - absent[1]).abs().max() > 1e-6
 
 
+@pytest.mark.parametrize("fusion", FUSION_MODES)
+def test_with_absent_decodes_each_sample_with_and_without_its_auxiliary(fusion):
+    """``with_absent``: batch 2B, the first half the ordinary output, the second the missing-input path."""
+    net = _flair_net(True, fusion).eval()  # eval: normalisation from running statistics, halves independent
+    x = torch.randn(2, 1, 32, 32, 16)
+    a = torch.randn(2, 1, 16, 16, 4)
+    present = {"flair": torch.tensor([1.0, 0.0])}
+    both = net(x, aux={"flair": a}, present=present, with_absent=True)
+    assert both.shape == (4, 2, 32, 32, 16)
+    assert torch.allclose(both[:2], net(x, aux={"flair": a}, present=present), atol=1e-5)
+    assert torch.allclose(both[2:], net(x, aux={"flair": None}), atol=1e-5)
+    assert (both[0] - both[2]).abs().max() > 1e-6  # the auxiliary matters where present
+
+
+def test_with_absent_deep_supervision_doubles_every_output():
+    net = FusionUNet(
+        spatial_dims=3, in_channels=1, num_classes=2, deep_supervision=True,
+        aux=[AuxInput("flair", scale=(2, 2, 4), features=4)], allow_missing_aux=True, **TINY_3D,
+    ).train()
+    outputs = net(torch.randn(2, 1, 32, 32, 16), aux={"flair": torch.randn(2, 1, 16, 16, 4)}, with_absent=True)
+    assert [o.shape[0] for o in outputs] == [4, 4, 4]
+    assert [tuple(o.shape[2:]) for o in outputs] == [(32, 32, 16), (16, 16, 8), (8, 8, 4)]
+
+
 def test_missing_aux_error_names_the_input():
     net = _flair_net(False)
     with pytest.raises(ValueError, match="auxiliary input 'flair' is missing"):

@@ -313,6 +313,8 @@ class FusionUNet(nn.Module):
         x: torch.Tensor,
         aux: Mapping[str, torch.Tensor | None] | None = None,
         present: Mapping[str, torch.Tensor] | None = None,
+        *,
+        with_absent: bool = False,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Segment ``x`` ``(B, in_channels, *S)`` with auxiliaries ``aux``.
 
@@ -321,10 +323,16 @@ class FusionUNet(nn.Module):
             aux: ``name → (B, channels, *ceil(S / scale))`` or ``None``.
             present: optional ``name → (B,)`` mask, 0 where a sample's auxiliary was
                 dropped (modality dropout); such samples get the missing-input path.
+            with_absent: also decode every sample with all its auxiliaries absent
+                (``training.decode_without_aux``). The encoder and the mappers run
+                once; the decoder runs on a doubled batch, so its normalisation sees
+                both halves together.
 
         Returns:
             Logits ``(B, num_classes, *S)``; with deep supervision in training mode, a
-            list ``[full, stride 2, stride 4]`` of logits.
+            list ``[full, stride 2, stride 4]`` of logits. With ``with_absent`` every
+            output has batch ``2B``: the first ``B`` samples with ``aux`` (and
+            ``present``), the last ``B`` the same samples without any auxiliary.
         """
         checked = self._checked_aux(x, aux)
         spatial = x.shape[2:]
@@ -336,6 +344,12 @@ class FusionUNet(nn.Module):
             fusion.parts(f, aux_at, present)
             for fusion, f, aux_at in zip(self.fusions, features, aux_levels, strict=True)
         ]
+        if with_absent:
+            absent = {a.name: None for a in self.cfg.aux}
+            fused = [
+                [torch.cat(pair) for pair in zip(parts, fusion.parts(f, absent), strict=True)]
+                for parts, fusion, f in zip(fused, self.fusions, features, strict=True)
+            ]
         decoded = self.decoder(fused)
         crop = tuple(slice(0, n) for n in spatial)
         logits = pointwise_conv(self.head, decoded[0])[(..., *crop)]

@@ -3,7 +3,10 @@
 :class:`TrainingParts` holds what a step needs (the network, its optimiser, learning-rate
 scheduler, gradient scaler and loss); :func:`optimisation_step` runs one: forward and
 loss under autocast (AMP on CUDA only), backward through the gradient scaler,
-gradient clipping, the optimiser step.
+gradient clipping, the optimiser step. With ``decode_without_aux`` every sample is
+decoded twice, with its auxiliaries and without any (one encoder pass, a doubled
+decoder batch), and the loss averages both halves: the primary-only path then learns
+from every sample, not only from those modality dropout happens to drop.
 
 Example:
     >>> optimizer = torch.optim.AdamW(net.parameters())  # doctest: +SKIP
@@ -42,23 +45,27 @@ class TrainingParts:
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor]
     device: torch.device
     use_amp: bool
+    decode_without_aux: bool = False
 
     @classmethod
     def of(
         cls, model: torch.nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, device: torch.device,
-        *, amp: bool = False, scheduler: Any = None,
+        *, amp: bool = False, scheduler: Any = None, decode_without_aux: bool = False,
     ) -> TrainingParts:
         """Parts around ``model`` (not wrapped); AMP and its gradient scaler only on CUDA."""
         use_amp = amp and device.type == "cuda"
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        return cls(model, model, optimizer, scheduler, scaler, loss_fn, device, use_amp)
+        return cls(model, model, optimizer, scheduler, scaler, loss_fn, device, use_amp, decode_without_aux)
 
 
 def optimisation_step(parts: TrainingParts, batch: Batch, *, grad_clip: float) -> torch.Tensor:
     """Forward, loss, backward, clip the gradient norm to ``grad_clip``, step; returns the loss (on the device)."""
     x, aux, present, y = batch
     with torch.autocast(device_type=parts.device.type, enabled=parts.use_amp):
-        loss = parts.loss_fn(parts.net(x, aux=aux, present=present), y)
+        if parts.decode_without_aux:  # outputs (2B, ...): with the auxiliaries, then without
+            loss = parts.loss_fn(parts.net(x, aux=aux, present=present, with_absent=True), torch.cat([y, y]))
+        else:
+            loss = parts.loss_fn(parts.net(x, aux=aux, present=present), y)
     parts.optimizer.zero_grad(set_to_none=True)
     parts.scaler.scale(loss).backward()
     parts.scaler.unscale_(parts.optimizer)

@@ -196,7 +196,8 @@ def _time_network(
     batch = int(run_cfg.training.batch_size)
     model = build_model(run_cfg, in_channels=in_channels).to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=run_cfg.training.lr)
-    parts = TrainingParts.of(model, optimizer, _loss(run_cfg), dev, amp=run_cfg.training.amp)
+    parts = TrainingParts.of(model, optimizer, _loss(run_cfg), dev, amp=run_cfg.training.amp,
+                             decode_without_aux=run_cfg.training.decode_without_aux)
     generator = torch.Generator().manual_seed(0)
     channels = in_channels * (2 * run_cfg.model.context_slices + 1) if dims == 2 else in_channels
     num_classes = max(len(run_cfg.data.labels), 2)
