@@ -212,8 +212,10 @@ def run_one(job: dict) -> dict:
     evaluation = evaluate(preds, refs, run_dir / "evaluation", labels=labels, regions=cfg.data.regions,
                           progress=False)
     per_case: dict[str, list[float]] = {}
+    per_region: dict[str, dict[str, float]] = {}
     for row in evaluation.rows:
         per_case.setdefault(row["case_id"], []).append(float(row["dice"]))
+        per_region.setdefault(row["name"], {})[row["case_id"]] = float(row["dice"])
     train_s = (result.history[-1].get("train_s") if result.history else None) or 0.0
     m = cfg.model
     return {
@@ -228,6 +230,7 @@ def run_one(job: dict) -> dict:
         "mean_dice": evaluation.summary["mean_dice"],
         "machine": machine_info(),  # results accumulate across sessions, and the host has changed between them
         "case_dice": {case: float(np.nanmean(v)) for case, v in per_case.items()},
+        "region_case_dice": per_region,  # label or region name -> case -> Dice
     }
 
 
@@ -274,11 +277,42 @@ def summarise(results: list[dict]) -> str:
                 lines.append(f"- plan's s/it estimate within {ESTIMATE_TOLERANCE:.0%} of the measured: worst "
                              f"{max(errors):.0%} → **{verdict}**")
                 lines += [f"- plan chose: {r['chosen']} (fold {r['fold']}: {r['reason']})" for r in by_variant["plan"]]
+            lines += region_lines(by_variant)
             if name == "brats_wt" and minutes == 30 and "plan" in dice_of:
                 verdict = "met" if dice_of["plan"] >= 0.80 else "missed"
                 lines.append(f"- BraTS whole tumour ≥ 0.80 at 30 min (plan): {dice_of['plan']:.3f} → **{verdict}**")
             lines.append("")
     return "\n".join(lines)
+
+
+def region_case_dice(result: dict) -> dict[str, dict[str, float]]:
+    """``name → case → Dice`` of one run; runs recorded before the field existed are read from their per_case.csv."""
+    if "region_case_dice" in result:
+        return result["region_case_dice"]
+    import csv
+
+    table = (Path(result["out"]) / "runs" / f"{result['dataset']}_{result['variant']}_{result['minutes']:g}min_fold"
+             f"{result['fold']}" / "evaluation" / "per_case.csv")
+    out: dict[str, dict[str, float]] = {}
+    if table.is_file():
+        with table.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                out.setdefault(row["name"], {})[row["case_id"]] = float(row["dice"])
+    return out
+
+
+def region_lines(by_variant: dict[str, list[dict]]) -> list[str]:
+    """Mean Dice of each region (or label) per variant, over every held-out case of every fold."""
+    lines = []
+    for variant, rs in by_variant.items():
+        merged: dict[str, list[float]] = {}
+        for r in rs:
+            for region, cases in region_case_dice(r).items():
+                merged.setdefault(region, []).extend(cases.values())
+        if len(merged) > 1:
+            lines.append(f"- per region, `{variant}`: " + "; ".join(
+                f"{region} {np.nanmean(d):.3f}" for region, d in merged.items()))
+    return lines
 
 
 def paired_lines(plan: list[dict], hand: list[dict], hand_name: str) -> list[str]:
