@@ -175,7 +175,7 @@ def run_one(job: dict) -> dict:
 
     out = Path(job["out"])
     name, variant, minutes = job["dataset"], job["variant"], float(job["minutes"])
-    run_dir = out / "runs" / f"{name}_{variant}_{minutes:g}min_fold{job['fold']}"
+    run_dir = run_folder(out, name, variant, minutes, job["fold"])
     source, aux = dataset_source(name)
     common = [f"training.max_minutes={minutes}", "training.schedule=time", "training.iterations=1000000",
               "training.iterations_per_epoch=1000000", "training.val_every=0", "training.device=cpu",
@@ -285,14 +285,19 @@ def summarise(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def run_folder(out: Path, dataset: str, variant: str, minutes: float, fold: int) -> Path:
+    """The training run folder of one (dataset, variant, budget, fold) job under ``out``."""
+    return out / "runs" / f"{dataset}_{variant}_{minutes:g}min_fold{fold}"
+
+
 def region_case_dice(result: dict) -> dict[str, dict[str, float]]:
     """``name → case → Dice`` of one run; runs recorded before the field existed are read from their per_case.csv."""
     if "region_case_dice" in result:
         return result["region_case_dice"]
     import csv
 
-    table = (Path(result["out"]) / "runs" / f"{result['dataset']}_{result['variant']}_{result['minutes']:g}min_fold"
-             f"{result['fold']}" / "evaluation" / "per_case.csv")
+    table = run_folder(Path(result["out"]), result["dataset"], result["variant"], result["minutes"],
+                       result["fold"]) / "evaluation" / "per_case.csv"
     out: dict[str, dict[str, float]] = {}
     if table.is_file():
         with table.open(newline="") as handle:

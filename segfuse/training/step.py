@@ -62,10 +62,9 @@ def optimisation_step(parts: TrainingParts, batch: Batch, *, grad_clip: float) -
     """Forward, loss, backward, clip the gradient norm to ``grad_clip``, step; returns the loss (on the device)."""
     x, aux, present, y = batch
     with torch.autocast(device_type=parts.device.type, enabled=parts.use_amp):
-        if parts.decode_without_aux:  # outputs (2B, ...): with the auxiliaries, then without
-            loss = parts.loss_fn(parts.net(x, aux=aux, present=present, with_absent=True), torch.cat([y, y]))
-        else:
-            loss = parts.loss_fn(parts.net(x, aux=aux, present=present), y)
+        # with decode_without_aux the outputs are (2B, ...): with the auxiliaries, then without
+        outputs = parts.net(x, aux=aux, present=present, with_absent=parts.decode_without_aux)
+        loss = parts.loss_fn(outputs, torch.cat([y, y]) if parts.decode_without_aux else y)
     parts.optimizer.zero_grad(set_to_none=True)
     parts.scaler.scale(loss).backward()
     parts.scaler.unscale_(parts.optimizer)
