@@ -192,8 +192,14 @@ PAIRS_TWINS = tuple(pairs_twin(v) for v in ("segfuse", *DESIGN_VARIANTS))
 DEFAULT_CANDIDATES = ("segfuse", *DESIGN_VARIANTS)
 
 
-def chosen_default(results: list[dict[str, Any]], task: str) -> tuple[str, dict[str, float]]:
-    """The pre-registered default of ``task`` and every complete candidate's mean headline Dice."""
+def chosen_default(
+    results: list[dict[str, Any]], task: str, fixed: str | None = None
+) -> tuple[str, dict[str, float]]:
+    """The pre-registered default of ``task`` and every complete candidate's mean headline Dice.
+
+    ``fixed`` (``--default``) is a default an earlier study of the task chose by this rule: a follow-up
+    study that does not rerun the candidates judges its goals on it.
+    """
     table = per_subject(results)
     folds = {r["fold"] for r in results if r["task"] == task}
     means = {}
@@ -202,6 +208,8 @@ def chosen_default(results: list[dict[str, Any]], task: str) -> tuple[str, dict[
         scores = dice_of(table, task, v, headline(task))
         if scores and done == folds:
             means[v] = float(np.mean(list(scores.values())))
+    if fixed:
+        return fixed, means
     return (max(means, key=means.get) if means else "segfuse"), means
 
 
@@ -596,18 +604,36 @@ def ranking(results: list[dict[str, Any]], task: str, checkpoint: str) -> list[t
     return sorted(means, key=lambda item: -item[1])
 
 
+def absent_reference(task: str, setting: str) -> str | None:
+    """Goal 3's reference for a setting evaluated with auxiliaries absent, ``None`` for any other setting.
+
+    ``X [without flair_2x2x4mm]`` -> ``primary_only`` (one auxiliary) or ``segfuse_no_flair`` (several);
+    ``X [none]`` -> ``primary_only``.
+    """
+    if setting.endswith(" [none]"):
+        return "primary_only"
+    if " [without " not in setting:
+        return None
+    if len(TASKS[task].aux) == 1:
+        return "primary_only"
+    absent = setting.split(" [without ", 1)[1].rstrip("]")
+    return next((f"segfuse_no_{a}" for a in TASKS[task].aux if absent.startswith(f"{a}_")), None)
+
+
 def _verdict(ok: bool | None) -> str:
     return "not evaluated" if ok is None else ("met" if ok else "missed")
 
 
-def goals(results: list[dict[str, Any]], memory: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The four pre-registered goals with their figures and automatic verdicts."""
+def goals(
+    results: list[dict[str, Any]], memory: list[dict[str, Any]], fixed_default: str | None = None
+) -> list[dict[str, Any]]:
+    """The four pre-registered goals, their figures and automatic verdicts (``fixed_default``: ``chosen_default``'s)."""
     table = per_subject(results)
     checks = [(t, r) for t in ("A", "B") for r in (("whole_tumour", "mean") if TASKS[t].regions else ("whole_tumour",))]
     out = []
     parts1, parts2 = [], []
     for task, region in checks:
-        default = chosen_default(results, task)[0]
+        default = chosen_default(results, task, fixed_default)[0]
         for variant in dict.fromkeys((default, "segfuse")):  # the chosen default, then the config's if different
             counts = variant == default
             p = paired(table, task, variant, "early_lowres", region)
@@ -625,17 +651,17 @@ def goals(results: list[dict[str, Any]], memory: list[dict[str, Any]]) -> list[d
     for task in ("A", "B"):
         aux = TASKS[task].aux
         region = headline(task)
-        default = chosen_default(results, task)[0]
+        default = chosen_default(results, task, fixed_default)[0]
         folds = {r["fold"] for r in results if r["task"] == task}
         pairs_done = {r["fold"] for r in results if r["task"] == task and r["variant"] == pairs_twin(default)}
         counted = pairs_twin(default) if folds and pairs_done == folds else dropout_twin(default)
         # the counted twin, then the default's other twin, then the starting design's
         for model in dict.fromkeys((counted, pairs_twin(default), dropout_twin(default), "segfuse_dropout")):
-            settings = [(f"{model} [without {a}_{_tag_of(results)}]",
-                         "primary_only" if len(aux) == 1 else f"segfuse_no_{a}") for a in aux]
+            absents = [f"{model} [without {a}_{_tag_of(results)}]" for a in aux]
             if len(aux) > 1:
-                settings.append((f"{model} [none]", "primary_only"))
-            for absent, reference in settings:
+                absents.append(f"{model} [none]")
+            for absent in absents:
+                reference = absent_reference(task, absent)
                 da, dr = dice_of(table, task, absent, region), dice_of(table, task, reference, region)
                 if da and dr:
                     a, b = float(np.mean(list(da.values()))), float(np.mean(list(dr.values())))
@@ -674,7 +700,10 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
 
 
-def report(results: list[dict[str, Any]], memory: list[dict[str, Any]], snapshots: list[str]) -> str:
+def report(
+    results: list[dict[str, Any]], memory: list[dict[str, Any]], snapshots: list[str],
+    fixed_default: str | None = None,
+) -> str:
     """Markdown: Dice/HD95 per region, paired differences, ranking per checkpoint, cost, per subject, goals."""
     lines = []
     table = per_subject(results)
@@ -710,15 +739,15 @@ def report(results: list[dict[str, Any]], memory: list[dict[str, Any]], snapshot
         lines += ["", "Paired differences per subject (setting − reference), mean [95 % bootstrap CI], wins/losses:",
                   "", "| setting | reference | region | n | mean | CI95 | wins | losses |",
                   "|---|---|---|---:|---:|---|---:|---:|"]
-        for reference in ("early_lowres", "early_1mm"):
-            for setting in settings:
-                if setting == reference:
-                    continue
-                for reg in regions:
-                    p = paired(table, task, setting, reference, reg)
-                    if p["n"]:
-                        lines.append(f"| {setting} | {reference} | {reg} | {p['n']} | {p['mean']:+.3f} | "
-                                     f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | {p['wins']} | {p['losses']} |")
+        pairs = [(setting, reference) for reference in ("early_lowres", "early_1mm") for setting in settings
+                 if setting != reference]
+        pairs += [(setting, ref) for setting in settings if (ref := absent_reference(task, setting))]
+        for setting, reference in pairs:
+            for reg in regions:
+                p = paired(table, task, setting, reference, reg)
+                if p["n"]:
+                    lines.append(f"| {setting} | {reference} | {reg} | {p['n']} | {p['mean']:+.3f} | "
+                                 f"[{p['ci95'][0]:+.3f}, {p['ci95'][1]:+.3f}] | {p['wins']} | {p['losses']} |")
         checkpoints = [*snapshots, "final"]
         what = "mean Dice over regions" if TASKS[task].regions else "whole-tumour Dice"
         lines += ["", f"Ranking by {what} at each checkpoint (all auxiliaries present):", ""]
@@ -728,8 +757,10 @@ def report(results: list[dict[str, Any]], memory: list[dict[str, Any]], snapshot
         if len(checkpoints) >= 2 and ranks[checkpoints[-2]]:
             same = [s for s, _ in ranks[checkpoints[-2]]] == [s for s, _ in ranks[checkpoints[-1]]]
             lines.append(f"- ranking {'unchanged' if same else 'CHANGED'} between {checkpoints[-2]} and final")
-        default, means = chosen_default(results, task)
-        if len(means) > 1:
+        default, means = chosen_default(results, task, fixed_default)
+        if fixed_default:
+            lines += ["", f"Default fusion fixed by an earlier study (`--default`): **{fixed_default}**"]
+        elif len(means) > 1:
             lines += ["", "Default fusion (part 2, rule pre-registered in the script): "
                       + ", ".join(f"{v} {m:.3f}" for v, m in sorted(means.items(), key=lambda i: -i[1]))
                       + f" → **{default}**"]
@@ -751,7 +782,7 @@ def report(results: list[dict[str, Any]], memory: list[dict[str, Any]], snapshot
             lines.append(f"| {case} | " + " | ".join(cells) + " |")
         lines.append("")
     lines.append("### Pre-registered goals")
-    for g in goals(results, memory):
+    for g in goals(results, memory, fixed_default):
         lines.append(f"{g['goal']}. {g['text']}: **{g['verdict']}**")
         for c in g["checks"]:
             lines.append("   - " + ", ".join(f"{k}={_fmt(v) if isinstance(v, float) else v}" for k, v in c.items()))
@@ -783,6 +814,9 @@ def main(argv: list[str] | None = None) -> int:
                              "in its time budget (poly decay over iterations), instead of by the clock: for a "
                              "variant whose network is REFERENCE's (a dropout twin; early_1mm against "
                              "early_lowres) when the machine's speed has changed since REFERENCE ran")
+    parser.add_argument("--default", choices=DEFAULT_CANDIDATES, default=None,
+                        help="the default fusion an earlier study of these tasks chose (part 2's rule); goals are "
+                             "judged on it, for a follow-up study that does not rerun every candidate")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 3 subjects per task at 2 mm, fold 0, 3 variants, 0.2 min, no snapshot")
     parser.add_argument("--gpu", action="store_true",
@@ -875,9 +909,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{tag}, snapshots {snapshots}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
               f"{machine_line()}\nCommand: `{' '.join(sys.argv)}`")
     snapshot_names = [f"{round(f * 100):03d}pct" for f in snapshots]
-    text = report(results, memory, snapshot_names)
+    text = report(results, memory, snapshot_names, args.default)
     (out / "results.md").write_text(header + "\n\n" + text + "\n")
-    payload = {"header": header, "goals_preregistered": GOALS, "goals": goals(results, memory), "runs": results,
+    payload = {"header": header, "goals_preregistered": GOALS, "goals": goals(results, memory, args.default),
+               "runs": results,
                "step_memory": memory, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=float))
     print(header)

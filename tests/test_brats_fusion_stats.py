@@ -225,6 +225,30 @@ def test_goal_three_counts_the_pairs_twin_once_it_ran_on_every_fold():
     assert goal3["verdict"] == "missed"
 
 
+def test_a_follow_up_study_judges_the_default_an_earlier_study_fixed():
+    # only the T1-only model and the pairs twin of segfuse_pyramid_linear ran: no candidate to choose from
+    results = [_run("A", "primary_only", {c: 0.40 for c in CASES}),
+               _run("A", "segfuse_pyramid_linear_dropout_pairs", {c: 0.37 for c in CASES},
+                    settings=("all", "without flair_2x2x4mm"))]
+    assert {g["goal"]: g for g in bench.goals(results, [])}[3]["verdict"] == "not evaluated"
+    goal3 = {g["goal"]: g for g in bench.goals(results, [], fixed_default="segfuse_pyramid_linear")}[3]
+    assert goal3["verdict"] == "missed"  # 0.37 < 0.40 - 0.02
+    assert [(c["absent"], c["reference"], c["counts"]) for c in goal3["checks"]] == [
+        ("segfuse_pyramid_linear_dropout_pairs [without flair_2x2x4mm]", "primary_only", True)]
+    text = bench.report(results, [], [], "segfuse_pyramid_linear")
+    assert "fixed by an earlier study (`--default`): **segfuse_pyramid_linear**" in text
+    row = "| segfuse_pyramid_linear_dropout_pairs [without flair_2x2x4mm] | primary_only | whole_tumour | 12 | -0.030 |"
+    assert row in text
+
+
+def test_each_absent_setting_is_paired_with_the_model_trained_without_it():
+    assert bench.absent_reference("A", "x_dropout [without flair_2x2x4mm]") == "primary_only"
+    assert bench.absent_reference("B", "x_dropout [without flair_2x2x4mm]") == "segfuse_no_flair"
+    assert bench.absent_reference("B", "x_dropout [without t2_2x2x4mm]") == "segfuse_no_t2"
+    assert bench.absent_reference("B", "x_dropout [none]") == "primary_only"
+    assert bench.absent_reference("A", "segfuse") is None
+
+
 def test_a_pairs_twin_is_the_dropout_twin_decoded_with_and_without_its_auxiliaries():
     twin = bench.run_config(_job("segfuse_pyramid_linear_dropout"))
     pairs = bench.run_config(_job("segfuse_pyramid_linear_dropout_pairs"))
