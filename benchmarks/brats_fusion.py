@@ -616,8 +616,8 @@ def absent_reference(task: str, setting: str) -> str | None:
         return None
     if len(TASKS[task].aux) == 1:
         return "primary_only"
-    absent = setting.split(" [without ", 1)[1].rstrip("]")
-    return next((f"segfuse_no_{a}" for a in TASKS[task].aux if absent.startswith(f"{a}_")), None)
+    absent = setting.split(" [without ", 1)[1].removesuffix("]").rsplit("_", 1)[0]  # "flair_2x2x4mm" -> "flair"
+    return f"segfuse_no_{absent}" if absent in TASKS[task].aux else None
 
 
 def _verdict(ok: bool | None) -> str:
@@ -912,8 +912,8 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results, memory, snapshot_names, args.default)
     (out / "results.md").write_text(header + "\n\n" + text + "\n")
     payload = {"header": header, "goals_preregistered": GOALS, "goals": goals(results, memory, args.default),
-               "runs": results,
-               "step_memory": memory, "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+               "runs": results, "step_memory": memory,
+               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=float))
     print(header)
     print(text)
