@@ -700,6 +700,22 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
 
 
+def memory_table(memory: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows of :func:`step_memory` records, with each variant's ratios to ``early_lowres`` of its task."""
+    if not memory:
+        return []
+    early = {m["task"]: m for m in memory if m["variant"] == "early_lowres"}
+    lines = ["", "| task | mode | variant | training-step peak MiB | step s (median) | parameters | "
+             "memory / early_lowres | time / early_lowres |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for m in memory:
+        ref = early.get(m["task"])
+        ratios = (f"{m['step_peak_mib'] / ref['step_peak_mib']:.2f}× | "
+                  f"{m['step_seconds_median'] / ref['step_seconds_median']:.2f}×") if ref else "— | —"
+        lines.append(f"| {m['task']} | {m.get('mode', '—')} | {m['variant']} | {m['step_peak_mib']:.0f} | "
+                     f"{m['step_seconds_median']:.2f} | {m['parameters']:,} | {ratios} |")
+    return lines
+
+
 def report(
     results: list[dict[str, Any]], memory: list[dict[str, Any]], snapshots: list[str],
     fixed_default: str | None = None,
@@ -769,11 +785,7 @@ def report(
             lines += ["", "GPU: " + "; ".join(
                 f"{r['variant']} fold {r['fold']}: {r['gpu_peak_allocated_mib']:.0f} MiB peak allocated, "
                 f"{1 / r['seconds_per_iteration']:.1f} it/s, {r['iterations']} iterations" for r in gpu)]
-        mem = [m for m in memory if m["task"] == task]
-        if mem:
-            lines += ["", "| variant | training-step peak MiB | step s (median) | parameters |", "|---|---:|---:|---:|"]
-            lines += [f"| {m['variant']} | {m['step_peak_mib']:.0f} | {m['step_seconds_median']:.2f} | "
-                      f"{m['parameters']:,} |" for m in mem]
+        lines += memory_table([m for m in memory if m["task"] == task])
         lines += ["", f"Per-subject {headline(task)} Dice:", "",
                   "| subject | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings)]
         subjects = sorted({c for s in settings for c in table[(task, s)]})
@@ -822,6 +834,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu", action="store_true",
                         help="task B, fold 0, primary_only/early_lowres/segfuse in 3D at 128^3 on CUDA")
     parser.add_argument("--prepare-only", action="store_true", help="make the low-resolution copies and manifests")
+    parser.add_argument("--memory-only", action="store_true",
+                        help="measure only each variant's training-step peak memory and time (goal 4; seconds per "
+                             "variant, no training): e.g. --mode 3d, where no 3D study fits this CPU")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--keep-checkpoints", action="store_true")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_brats_fusion")
@@ -884,6 +899,8 @@ def main(argv: list[str] | None = None) -> int:
                 if not path.is_file():
                     _spawn("--memory-worker", {**base, "result": str(path)}, {"MALLOC_MMAP_THRESHOLD_": "1048576"})
                 memory.append(json.loads(path.read_text()))
+            if args.memory_only:
+                continue
             for fold in fold_ids if fold_ids is not None else range(len(folds)):
                 path = out / "results" / f"{key}_{variant}_fold{fold}.json"
                 if not path.is_file():
@@ -904,6 +921,14 @@ def main(argv: list[str] | None = None) -> int:
                 results.append(json.loads(path.read_text()))
     if args.prepare_only:
         print(f"wrote the manifests and low-resolution copies under {args.data_dir}")
+        return 0
+    if args.memory_only:
+        when = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
+        text = (f"Training-step memory and time (goal 4), mode {mode}, {when}, {machine_line()}\n"
+                f"Command: `{' '.join(sys.argv)}`\n" + "\n".join(memory_table(memory)))
+        (out / "memory.md").write_text(text + "\n")
+        (out / "memory.json").write_text(json.dumps(memory, indent=2, default=float))
+        print(text)
         return 0
     header = (f"BraTS fusion study (issue 12), mode {mode}, {minutes:g} min optimisation per run, auxiliaries at "
               f"{tag}, snapshots {snapshots}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "

@@ -278,3 +278,15 @@ def test_an_iteration_matched_run_trains_by_iterations_not_by_the_clock():
     assert (matched.training.schedule, matched.training.max_minutes) == ("iterations", None)
     assert matched.training.iterations == matched.training.iterations_per_epoch == 680
     assert matched.training.snapshots == [0.5]  # fractions of the iterations now
+
+
+def test_memory_table_gives_each_variant_its_ratio_to_early_fusion_of_the_same_task():
+    def record(task, variant, mib, seconds):
+        return {"task": task, "mode": "3d", "variant": variant, "step_peak_mib": mib,
+                "step_seconds_median": seconds, "parameters": 1000}
+
+    rows = bench.memory_table([record("A", "early_lowres", 1000.0, 2.0), record("A", "segfuse", 850.0, 2.5),
+                               record("B", "segfuse", 900.0, 1.0)])
+    assert "| A | 3d | segfuse | 850 | 2.50 | 1,000 | 0.85× | 1.25× |" in rows
+    assert "| B | 3d | segfuse | 900 | 1.00 | 1,000 | — | — |" in rows  # task B has no early-fusion record
+    assert bench.memory_table([]) == []
