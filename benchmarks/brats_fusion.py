@@ -843,6 +843,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.memory_only and args.gpu:
+        parser.error("--memory-only measures CPU training steps; --gpu measures trained runs on CUDA: choose one")
     if args.worker or args.memory_worker:
         job = json.loads(args.worker or args.memory_worker)
         out = run_one(job) if args.worker else step_memory(job)
@@ -899,6 +901,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not path.is_file():
                     _spawn("--memory-worker", {**base, "result": str(path)}, {"MALLOC_MMAP_THRESHOLD_": "1048576"})
                 memory.append(json.loads(path.read_text()))
+            elif args.memory_only:
+                print(f"[brats_fusion] {variant}: not measured (a twin's step is measured as {design_of(variant)})",
+                      file=sys.stderr)
             if args.memory_only:
                 continue
             for fold in fold_ids if fold_ids is not None else range(len(folds)):
@@ -922,17 +927,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare_only:
         print(f"wrote the manifests and low-resolution copies under {args.data_dir}")
         return 0
+    stamp = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine_line()}\nCommand: `{' '.join(sys.argv)}`"
     if args.memory_only:
-        when = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC"
-        text = (f"Training-step memory and time (goal 4), mode {mode}, {when}, {machine_line()}\n"
-                f"Command: `{' '.join(sys.argv)}`\n" + "\n".join(memory_table(memory)))
+        text = f"Training-step memory and time (goal 4), mode {mode}, {stamp}\n" + "\n".join(memory_table(memory))
         (out / "memory.md").write_text(text + "\n")
         (out / "memory.json").write_text(json.dumps(memory, indent=2, default=float))
         print(text)
         return 0
     header = (f"BraTS fusion study (issue 12), mode {mode}, {minutes:g} min optimisation per run, auxiliaries at "
-              f"{tag}, snapshots {snapshots}, {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, "
-              f"{machine_line()}\nCommand: `{' '.join(sys.argv)}`")
+              f"{tag}, snapshots {snapshots}, {stamp}")
     snapshot_names = [f"{round(f * 100):03d}pct" for f in snapshots]
     text = report(results, memory, snapshot_names, args.default)
     (out / "results.md").write_text(header + "\n\n" + text + "\n")
