@@ -290,3 +290,16 @@ def test_memory_table_gives_each_variant_its_ratio_to_early_fusion_of_the_same_t
     assert "| A | 3d | segfuse | 850 | 2.50 | 1,000 | 0.85× | 1.25× |" in rows
     assert "| B | 3d | segfuse | 900 | 1.00 | 1,000 | — | — |" in rows  # task B has no early-fusion record
     assert bench.memory_table([]) == []
+
+
+def test_goal_four_judges_the_chosen_default_and_lists_the_starting_design():
+    results = [_run("B", "early_lowres", {c: 0.6 for c in CASES}, spi=1.0),
+               _run("B", "segfuse", {c: 0.65 for c in CASES}, spi=0.9),
+               _run("B", "segfuse_pyramid_linear", {c: 0.7 for c in CASES}, spi=1.0)]
+    memory = [{"task": "B", "variant": "early_lowres", "step_peak_mib": 100.0},
+              {"task": "B", "variant": "segfuse", "step_peak_mib": 80.0},
+              {"task": "B", "variant": "segfuse_pyramid_linear", "step_peak_mib": 113.0}]
+    goal4 = {g["goal"]: g for g in bench.goals(results, memory, fixed_default="segfuse_pyramid_linear")}[4]
+    assert goal4["verdict"] == "missed"  # the default's memory 1.13x > 0.85x; segfuse's 0.8x does not count
+    assert [(c["variant"], c["counts"], round(c["memory_ratio"], 2), round(c["time_ratio"], 2))
+            for c in goal4["checks"]] == [("segfuse_pyramid_linear", True, 1.13, 1.0), ("segfuse", False, 0.8, 0.9)]
