@@ -672,14 +672,14 @@ def goals(
     parts4 = []
     for task in ("A", "B"):
         mem = {m["variant"]: m for m in memory if m["task"] == task}
+        runs = [r for r in results if r["task"] == task]
+        spi = {v: float(np.mean([r["seconds_per_iteration"] for r in runs if r["variant"] == v]))
+               for v in {r["variant"] for r in runs}}
         default = chosen_default(results, task, fixed_default)[0]
         for variant in dict.fromkeys((default, "segfuse")):  # the chosen default counts, as in goal 1
-            spi = {v: np.mean([r["seconds_per_iteration"] for r in results if r["task"] == task and r["variant"] == v])
-                   for v in (variant, "early_lowres")
-                   if any(r["task"] == task and r["variant"] == v for r in results)}
-            if variant in mem and "early_lowres" in mem and len(spi) == 2:
+            if {variant, "early_lowres"} <= mem.keys() & spi.keys():
                 m = mem[variant]["step_peak_mib"] / mem["early_lowres"]["step_peak_mib"]
-                t = float(spi[variant] / spi["early_lowres"])
+                t = spi[variant] / spi["early_lowres"]
                 parts4.append({"task": task, "variant": variant, "memory_ratio": m, "time_ratio": t,
                                "counts": variant == default, "ok": m <= MEMORY_RATIO and t <= TIME_RATIO})
     for number, parts in ((1, parts1), (2, parts2), (3, parts3), (4, parts4)):
