@@ -40,8 +40,8 @@ study started from, whatever the config ships since):
   default's twin) and, for ``segfuse`` and each design, a pairs twin
   ``<variant>_dropout_pairs`` (the dropout twin trained with
   ``training.decode_without_aux``: every sample also decoded without its auxiliaries);
-- task B only, ``segfuse_no_<aux>``: ``segfuse`` trained without that auxiliary (the
-  reference of goal 3 for one auxiliary absent).
+- task B only, ``segfuse_no_<aux>``: the default's design (``--default``, else ``segfuse``)
+  trained without that auxiliary (the reference of goal 3 for one auxiliary absent).
 
 Protocol: subjects sorted by id, subject ``i`` → fold ``i mod 5`` (per task); each
 fold trains on the others and predicts its own subjects, so every subject has one
@@ -173,6 +173,19 @@ def dropout_twin(variant: str) -> str:
 
 def pairs_twin(variant: str) -> str:
     return variant + DROPOUT + PAIRS
+
+
+def reference_design(variant: str, default: str | None = None) -> str:
+    """The fusion design a variant's network has: :func:`design_of`, and for ``segfuse_no_<aux>`` the default's.
+
+    Goal 3 compares the default's dropout-trained twin, with an auxiliary absent, against a model trained
+    without that auxiliary; since 2026-12-07, before any task-B run of ``segfuse_no_<aux>``, that model has
+    the default's design (``--default``), so the comparison changes one thing: how the model was trained.
+    Without ``--default`` it is ``segfuse``, as before.
+    """
+    if variant.startswith("segfuse_no_"):
+        return default or "segfuse"
+    return design_of(variant)
 
 
 def trained_with_dropout(variant: str) -> bool:
@@ -366,19 +379,20 @@ def run_config(job: dict[str, Any]) -> Any:
     data["aux"] = {}
     if variant.startswith("early_"):
         data["dataset"], data["primary"] = job["early_manifest"], None
-    elif variant.startswith("segfuse"):
+    design = reference_design(variant, job.get("default"))
+    if variant.startswith("segfuse"):
         kept = [a for a in task.aux if variant != f"segfuse_no_{a}"]
         for name in kept:
             spec = copy.deepcopy(default_aux)
             spec["scale"] = list(job["scale"])
             spec["dropout"] = (spec.get("dropout") or 0.3) if trained_with_dropout(variant) else 0.0
-            if design_of(variant) in ("segfuse_add", "segfuse_gated"):
-                spec["fusion"] = design_of(variant).removeprefix("segfuse_")
+            if design in ("segfuse_add", "segfuse_gated"):
+                spec["fusion"] = design.removeprefix("segfuse_")
             # pinned, whatever the config ships: segfuse and its dropout twin are the design the study
             # started from (pooled mapping, thick slice containing z); the variants change one thing each
-            spec["level_blocks"] = 1 if variant.startswith("segfuse_pyramid") else 0
+            spec["level_blocks"] = 1 if design.startswith("segfuse_pyramid") else 0
             data["aux"][f"{name}_{tag}"] = spec
-    linear = design_of(variant) in ("segfuse_linear", "segfuse_pyramid_linear")
+    linear = design in ("segfuse_linear", "segfuse_pyramid_linear")
     tree["model"]["aux_slice"] = "linear" if linear else "containing"
     data["val_cases"] = list(job["val_cases"])
     training = tree["training"]
@@ -897,7 +911,7 @@ def main(argv: list[str] | None = None) -> int:
                     "manifest": str(manifest), "early_manifest": str(early) if early else None,
                     "minutes": minutes, "snapshots": snapshots, "threads": args.threads, "out": str(out),
                     "keep_checkpoints": args.keep_checkpoints, "val_cases": folds[0], "name": "memory", "fold": 0,
-                    "quick": args.quick}
+                    "quick": args.quick, "default": args.default}
             if not trained_with_dropout(variant) and not args.gpu:  # a dropout twin's step is its design's
                 path = out / "results" / f"memory_{key}_{variant}.json"
                 if not path.is_file():

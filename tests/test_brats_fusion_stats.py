@@ -303,3 +303,14 @@ def test_goal_four_judges_the_chosen_default_and_lists_the_starting_design():
     assert goal4["verdict"] == "missed"  # the default's memory 1.13x > 0.85x; segfuse's 0.8x does not count
     assert [(c["variant"], c["counts"], round(c["memory_ratio"], 2), round(c["time_ratio"], 2))
             for c in goal4["checks"]] == [("segfuse_pyramid_linear", True, 1.13, 1.0), ("segfuse", False, 0.8, 0.9)]
+
+
+def test_a_model_trained_without_an_auxiliary_has_the_defaults_design_and_keeps_the_other():
+    job = {**_job("segfuse_no_flair"), "task": "B", "manifest": "task_b.yaml", "default": "segfuse_pyramid_linear"}
+    without_flair = bench.run_config(job)
+    assert list(without_flair.data.aux) == ["t2_2x2x4mm"]
+    assert [a.level_blocks for a in without_flair.data.aux.values()] == [1]
+    assert without_flair.model.aux_slice == "linear" and without_flair.data.aux["t2_2x2x4mm"].dropout == 0.0
+    starting = bench.run_config({**job, "default": None})  # no --default: the starting design, as before
+    assert [a.level_blocks for a in starting.data.aux.values()] == [0] and starting.model.aux_slice == "containing"
+    assert bench.reference_design("segfuse_gated_dropout", "segfuse_pyramid") == "segfuse_gated"
