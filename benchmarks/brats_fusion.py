@@ -162,8 +162,15 @@ DROPOUT = "_dropout"
 PAIRS = "_pairs"
 
 
-def design_of(variant: str) -> str:
-    """The fusion design a variant trains: ``segfuse_pyramid_linear_dropout[_pairs]`` -> ``segfuse_pyramid_linear``."""
+def design_of(variant: str, default: str | None = None) -> str:
+    """The fusion design a variant trains: ``segfuse_pyramid_linear_dropout[_pairs]`` -> ``segfuse_pyramid_linear``.
+
+    ``segfuse_no_<aux>`` (goal 3's reference: a model trained without that auxiliary) has the default's
+    design (``--default``), so goal 3 compares one thing, how the model was trained; without ``--default``
+    it is ``segfuse``. (Since 2026-12-07, before any task-B run of it; before, always ``segfuse``.)
+    """
+    if variant.startswith("segfuse_no_"):
+        return default or "segfuse"
     return variant.removesuffix(PAIRS).removesuffix(DROPOUT)
 
 
@@ -173,19 +180,6 @@ def dropout_twin(variant: str) -> str:
 
 def pairs_twin(variant: str) -> str:
     return variant + DROPOUT + PAIRS
-
-
-def reference_design(variant: str, default: str | None = None) -> str:
-    """The fusion design a variant's network has: :func:`design_of`, and for ``segfuse_no_<aux>`` the default's.
-
-    Goal 3 compares the default's dropout-trained twin, with an auxiliary absent, against a model trained
-    without that auxiliary; since 2026-12-07, before any task-B run of ``segfuse_no_<aux>``, that model has
-    the default's design (``--default``), so the comparison changes one thing: how the model was trained.
-    Without ``--default`` it is ``segfuse``, as before.
-    """
-    if variant.startswith("segfuse_no_"):
-        return default or "segfuse"
-    return design_of(variant)
 
 
 def trained_with_dropout(variant: str) -> bool:
@@ -379,7 +373,7 @@ def run_config(job: dict[str, Any]) -> Any:
     data["aux"] = {}
     if variant.startswith("early_"):
         data["dataset"], data["primary"] = job["early_manifest"], None
-    design = reference_design(variant, job.get("default"))
+    design = design_of(variant, job.get("default"))
     if variant.startswith("segfuse"):
         kept = [a for a in task.aux if variant != f"segfuse_no_{a}"]
         for name in kept:

@@ -313,4 +313,4 @@ def test_a_model_trained_without_an_auxiliary_has_the_defaults_design_and_keeps_
     assert without_flair.model.aux_slice == "linear" and without_flair.data.aux["t2_2x2x4mm"].dropout == 0.0
     starting = bench.run_config({**job, "default": None})  # no --default: the starting design, as before
     assert [a.level_blocks for a in starting.data.aux.values()] == [0] and starting.model.aux_slice == "containing"
-    assert bench.reference_design("segfuse_gated_dropout", "segfuse_pyramid") == "segfuse_gated"
+    assert bench.design_of("segfuse_gated_dropout", "segfuse_pyramid") == "segfuse_gated"
