@@ -182,6 +182,20 @@ def pairs_twin(variant: str) -> str:
     return variant + DROPOUT + PAIRS
 
 
+def stale_design(record: dict[str, Any], path: Path, default: str | None) -> str | None:
+    """Why a saved run or memory record of another design must not be reused, or ``None`` when it may be.
+
+    Files are keyed by variant name, and ``segfuse_no_<aux>``'s design follows ``--default``: a record
+    saved under another ``--default`` (a record without the key predates it: ``segfuse``) would mix designs.
+    """
+    variant = record["variant"]
+    saved, wanted = design_of(variant, record.get("default")), design_of(variant, default)
+    if saved == wanted:
+        return None
+    return (f"{path}: {variant} was made with the design {saved} (--default {record.get('default')}), "
+            f"this study's --default {default} needs {wanted}; use another --out or remove that file")
+
+
 def trained_with_dropout(variant: str) -> bool:
     """A dropout or pairs twin: evaluated with each auxiliary present and absent (``segfuse ablate``)."""
     return variant.removesuffix(PAIRS).endswith(DROPOUT)
@@ -549,7 +563,8 @@ def step_memory(job: dict[str, Any]) -> dict[str, Any]:
         optimizer.step()
         times.append(time.perf_counter() - t)
     peak = _status_mib("VmHWM")
-    return {"task": job["task"], "variant": job["variant"], "mode": job["mode"], "step_peak_mib": peak - base,
+    return {"task": job["task"], "variant": job["variant"], "mode": job["mode"], "default": job.get("default"),
+            "step_peak_mib": peak - base,
             "rss_measure": "VmHWM",
             "rss_base_mib": base, "step_seconds_median": float(np.median(times[1:])),
             "parameters": sum(p.numel() for p in model.parameters())}
@@ -911,6 +926,9 @@ def main(argv: list[str] | None = None) -> int:
                 if not path.is_file():
                     _spawn("--memory-worker", {**base, "result": str(path)}, {"MALLOC_MMAP_THRESHOLD_": "1048576"})
                 memory.append(json.loads(path.read_text()))
+                if stale := stale_design(memory[-1], path, args.default):
+                    print(stale, file=sys.stderr)
+                    return 2
             elif args.memory_only:
                 print(f"[brats_fusion] {variant}: not measured (a twin's step is measured as {design_of(variant)})",
                       file=sys.stderr)
@@ -934,6 +952,9 @@ def main(argv: list[str] | None = None) -> int:
                           f"{len(subjects) - len(folds[fold])} subjects, evaluating {folds[fold]}", flush=True)
                     _spawn("--worker", job)
                 results.append(json.loads(path.read_text()))
+                if stale := stale_design(results[-1], path, args.default):
+                    print(stale, file=sys.stderr)
+                    return 2
     if args.prepare_only:
         print(f"wrote the manifests and low-resolution copies under {args.data_dir}")
         return 0

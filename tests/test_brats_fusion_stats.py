@@ -314,3 +314,15 @@ def test_a_model_trained_without_an_auxiliary_has_the_defaults_design_and_keeps_
     starting = bench.run_config({**job, "default": None})  # no --default: the starting design, as before
     assert [a.level_blocks for a in starting.data.aux.values()] == [0] and starting.model.aux_slice == "containing"
     assert bench.design_of("segfuse_gated_dropout", "segfuse_pyramid") == "segfuse_gated"
+
+
+def test_a_saved_run_of_another_default_design_is_not_reused(tmp_path):
+    path = tmp_path / "B_segfuse_no_flair_fold0.json"
+    saved = {"variant": "segfuse_no_flair", "default": "segfuse_pyramid_linear"}
+    assert bench.stale_design(saved, path, "segfuse_pyramid_linear") is None
+    message = bench.stale_design(saved, path, "segfuse_gated")
+    assert str(path) in message and "segfuse_pyramid_linear" in message and "segfuse_gated" in message
+    legacy = {"variant": "segfuse_no_t2"}  # saved before the key existed: the starting design
+    assert bench.stale_design(legacy, path, None) is None and bench.stale_design(legacy, path, "segfuse_pyramid")
+    # a variant whose design does not follow --default is reused whatever the flag
+    assert bench.stale_design({"variant": "early_lowres"}, path, "segfuse_gated") is None
