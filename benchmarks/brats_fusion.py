@@ -39,7 +39,9 @@ study started from, whatever the config ships since):
   (modality dropout, evaluated like ``segfuse_dropout``; goal 3 is judged on the chosen
   default's twin) and, for ``segfuse`` and each design, a pairs twin
   ``<variant>_dropout_pairs`` (the dropout twin trained with
-  ``training.decode_without_aux``: every sample also decoded without its auxiliaries);
+  ``training.decode_without_aux``: every sample also decoded without its auxiliaries)
+  and a subsets twin ``<variant>_dropout_subsets`` (the same, the second decode dropping
+  a random non-empty subset of the auxiliaries, ``decode_without_aux_drops: subset``);
 - task B only, ``segfuse_no_<aux>``: the default's design (``--default``, else ``segfuse``)
   trained without that auxiliary (the reference of goal 3 for one auxiliary absent).
 
@@ -160,6 +162,12 @@ DROPOUT = "_dropout"
 # fresh --out anyway), goal 3 is judged on the chosen default's pairs twin when it ran on every fold of the
 # task, else on its dropout twin; both are listed.
 PAIRS = "_pairs"
+# and a subsets twin, ``<variant>_dropout_subsets``: the pairs twin whose second decode drops a random non-empty
+# subset of the auxiliaries per sample (``training.decode_without_aux_drops: subset``) instead of all of them.
+# Added on 2026-12-07 before any run of it, after task B missed goal 3 with one auxiliary absent (the pairs twin
+# never decodes "FLAIR absent, T2 present" but by modality dropout). Listed beside the pairs twin; goal 3 stays
+# judged on the pairs twin, as pre-registered.
+SUBSETS = "_subsets"
 
 
 def design_of(variant: str, default: str | None = None) -> str:
@@ -171,7 +179,7 @@ def design_of(variant: str, default: str | None = None) -> str:
     """
     if variant.startswith("segfuse_no_"):
         return default or "segfuse"
-    return variant.removesuffix(PAIRS).removesuffix(DROPOUT)
+    return variant.removesuffix(PAIRS).removesuffix(SUBSETS).removesuffix(DROPOUT)
 
 
 def dropout_twin(variant: str) -> str:
@@ -180,6 +188,10 @@ def dropout_twin(variant: str) -> str:
 
 def pairs_twin(variant: str) -> str:
     return variant + DROPOUT + PAIRS
+
+
+def subsets_twin(variant: str) -> str:
+    return variant + DROPOUT + SUBSETS
 
 
 def stale_design(record: dict[str, Any], path: Path, default: str | None) -> str | None:
@@ -197,12 +209,13 @@ def stale_design(record: dict[str, Any], path: Path, default: str | None) -> str
 
 
 def trained_with_dropout(variant: str) -> bool:
-    """A dropout or pairs twin: evaluated with each auxiliary present and absent (``segfuse ablate``)."""
-    return variant.removesuffix(PAIRS).endswith(DROPOUT)
+    """A dropout, pairs or subsets twin: evaluated with each auxiliary present and absent (``segfuse ablate``)."""
+    return variant.removesuffix(PAIRS).removesuffix(SUBSETS).endswith(DROPOUT)
 
 
 DROPOUT_TWINS = tuple(dropout_twin(v) for v in DESIGN_VARIANTS)
 PAIRS_TWINS = tuple(pairs_twin(v) for v in ("segfuse", *DESIGN_VARIANTS))
+SUBSETS_TWINS = tuple(subsets_twin(v) for v in ("segfuse", *DESIGN_VARIANTS))
 
 
 # Part 2's choice of the default, pre-registered on 2026-12-04 before the 23-subject run: among ``segfuse``
@@ -236,7 +249,7 @@ def chosen_default(
 
 def variants_of(task: Task) -> tuple[str, ...]:
     extra = tuple(f"segfuse_no_{a}" for a in task.aux) if len(task.aux) > 1 else ()
-    return VARIANTS + extra + DESIGN_VARIANTS + DROPOUT_TWINS + PAIRS_TWINS
+    return VARIANTS + extra + DESIGN_VARIANTS + DROPOUT_TWINS + PAIRS_TWINS + SUBSETS_TWINS
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -405,7 +418,9 @@ def run_config(job: dict[str, Any]) -> Any:
     data["val_cases"] = list(job["val_cases"])
     training = tree["training"]
     training.update(schedule="time", max_minutes=job["minutes"], iterations=10**7, iterations_per_epoch=10**7,
-                    val_every=0, snapshots=list(job["snapshots"]), decode_without_aux=variant.endswith(PAIRS))
+                    val_every=0, snapshots=list(job["snapshots"]),
+                    decode_without_aux=variant.endswith((PAIRS, SUBSETS)),
+                    decode_without_aux_drops="subset" if variant.endswith(SUBSETS) else "all")
     if job.get("iterations"):  # --match-iterations: the reference run's iteration count instead of the clock
         training.update(schedule="iterations", max_minutes=None, iterations=job["iterations"],
                         iterations_per_epoch=job["iterations"])
@@ -679,7 +694,8 @@ def goals(
         pairs_done = {r["fold"] for r in results if r["task"] == task and r["variant"] == pairs_twin(default)}
         counted = pairs_twin(default) if folds and pairs_done == folds else dropout_twin(default)
         # the counted twin, then the default's other twin, then the starting design's
-        for model in dict.fromkeys((counted, pairs_twin(default), dropout_twin(default), "segfuse_dropout")):
+        for model in dict.fromkeys((counted, pairs_twin(default), subsets_twin(default), dropout_twin(default),
+                                    "segfuse_dropout")):
             absents = [f"{model} [without {a}_{_tag_of(results)}]" for a in aux]
             if len(aux) > 1:
                 absents.append(f"{model} [none]")
@@ -907,7 +923,8 @@ def main(argv: list[str] | None = None) -> int:
         variants = args.variants or (KEY_VARIANTS if args.gpu else
                                      ("primary_only", "early_lowres", "segfuse_dropout") if args.quick
                                      else tuple(v for v in variants_of(task)
-                                                if v not in DESIGN_VARIANTS + DROPOUT_TWINS + PAIRS_TWINS))
+                                                if v not in DESIGN_VARIANTS + DROPOUT_TWINS + PAIRS_TWINS
+                                                + SUBSETS_TWINS))
         unknown = sorted(set(variants) - set(variants_of(task)))
         if unknown:
             print(f"task {key} has no variants {unknown}; it has {list(variants_of(task))}", file=sys.stderr)

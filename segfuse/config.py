@@ -141,6 +141,10 @@ class TrainingConfig:
     absent (the encoder runs once; the decoder's batch doubles) and average the two
     losses, so a model trained with modality dropout learns its primary-only path from
     every sample; needs some ``data.aux.<name>.dropout > 0``.
+    ``decode_without_aux_drops``: what the second decode drops: ``all`` (every
+    auxiliary) or ``subset`` (per sample a random non-empty subset of them, each of the
+    ``2**n - 1`` equally likely, so with several auxiliaries each one missing is trained
+    too; with one auxiliary the same as ``all``).
     """
 
     patch_size: list[int] = field(default_factory=lambda: [64, 64, 64])
@@ -164,6 +168,7 @@ class TrainingConfig:
     val_every: int = 1
     snapshots: list[float] = field(default_factory=list)
     decode_without_aux: bool = False
+    decode_without_aux_drops: str = "all"
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -366,6 +371,11 @@ def validate(cfg: Config) -> Config:
             "config key training.decode_without_aux: true needs modality dropout (data.aux.<name>.dropout > 0 "
             "for some auxiliary; the model is then marked as working without its auxiliaries), got dropout "
             f"{ {name: a.dropout for name, a in cfg.data.aux.items()} }"
+        )
+    if cfg.training.decode_without_aux_drops not in ("all", "subset"):
+        raise SegfuseInputError(
+            "config key training.decode_without_aux_drops: expected 'all' or 'subset', "
+            f"got {cfg.training.decode_without_aux_drops!r}"
         )
     if not 0.0 <= cfg.inference.overlap < 1.0:
         raise SegfuseInputError(f"config key inference.overlap: must be in [0, 1), got {cfg.inference.overlap}")

@@ -315,6 +315,7 @@ class FusionUNet(nn.Module):
         present: Mapping[str, torch.Tensor] | None = None,
         *,
         with_absent: bool = False,
+        second_present: Mapping[str, torch.Tensor] | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Segment ``x`` ``(B, in_channels, *S)`` with auxiliaries ``aux``.
 
@@ -327,12 +328,16 @@ class FusionUNet(nn.Module):
                 (``training.decode_without_aux``). The encoder and the mappers run
                 once; the decoder runs on a doubled batch, so its normalisation sees
                 both halves together.
+            second_present: with ``with_absent``, the second decode's ``name → (B,)``
+                masks instead of every auxiliary absent (0: absent for that sample;
+                ``training.decode_without_aux_drops: subset``).
 
         Returns:
             Logits ``(B, num_classes, *S)``; with deep supervision in training mode, a
             list ``[full, stride 2, stride 4]`` of logits. With ``with_absent`` every
             output has batch ``2B``: the first ``B`` samples with ``aux`` (and
-            ``present``), the last ``B`` the same samples without any auxiliary.
+            ``present``), the last ``B`` the same samples without any auxiliary (or
+            with ``second_present``).
         """
         checked = self._checked_aux(x, aux)
         spatial = x.shape[2:]
@@ -346,10 +351,11 @@ class FusionUNet(nn.Module):
         ]
         if with_absent:
             absent = {a.name: None for a in self.cfg.aux}
-            fused = [
-                [torch.cat(pair) for pair in zip(parts, fusion.parts(f, absent), strict=True)]
-                for parts, fusion, f in zip(fused, self.fusions, features, strict=True)
+            second = [
+                fusion.parts(f, absent) if second_present is None else fusion.parts(f, aux_at, second_present)
+                for fusion, f, aux_at in zip(self.fusions, features, aux_levels, strict=True)
             ]
+            fused = [[torch.cat(pair) for pair in zip(a, b, strict=True)] for a, b in zip(fused, second, strict=True)]
         decoded = self.decoder(fused)
         crop = tuple(slice(0, n) for n in spatial)
         logits = pointwise_conv(self.head, decoded[0])[(..., *crop)]

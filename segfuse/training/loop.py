@@ -361,7 +361,8 @@ def build_training(cfg: Config, in_channels: int, device: torch.device) -> Train
     optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     return TrainingParts.of(model, optimizer, build_loss(cfg), device, amp=cfg.training.amp, scheduler=scheduler,
-                            decode_without_aux=cfg.training.decode_without_aux)
+                            decode_without_aux=cfg.training.decode_without_aux,
+                            absent_drops=cfg.training.decode_without_aux_drops)
 
 
 def _distribute(parts: TrainingParts, world: int) -> None:

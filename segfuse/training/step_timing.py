@@ -197,7 +197,8 @@ def _time_network(
     model = build_model(run_cfg, in_channels=in_channels).to(dev).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=run_cfg.training.lr)
     parts = TrainingParts.of(model, optimizer, _loss(run_cfg), dev, amp=run_cfg.training.amp,
-                             decode_without_aux=run_cfg.training.decode_without_aux)
+                             decode_without_aux=run_cfg.training.decode_without_aux,
+                             absent_drops=run_cfg.training.decode_without_aux_drops)
     generator = torch.Generator().manual_seed(0)
     channels = in_channels * (2 * run_cfg.model.context_slices + 1) if dims == 2 else in_channels
     num_classes = max(len(run_cfg.data.labels), 2)
