@@ -135,12 +135,16 @@ def test_peak_rss_is_this_process_own_and_restarts():
     assert bench._status_mib("VmHWM") < base + 100
 
 
-def _plot_main():
+def plot_module():
     spec = importlib.util.spec_from_file_location(
         "plot_brats_fusion", Path(__file__).resolve().parents[1] / "benchmarks" / "plot_brats_fusion.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main
+    return module
+
+
+def _plot_main():
+    return plot_module().main
 
 
 def test_plot_draws_a_study_and_refuses_what_is_not_one(tmp_path, capsys):
@@ -162,6 +166,23 @@ def test_plot_draws_a_study_and_refuses_what_is_not_one(tmp_path, capsys):
     assert main([str(tmp_path / "missing.json"), "--out", str(tmp_path / "m.png")]) == 2
     assert main([str(results), "--task", "B", "--out", str(tmp_path / "b.png")]) == 0  # B has early_lowres too
     assert not (tmp_path / "o.png").exists() and not (tmp_path / "m.png").exists()
+
+
+def test_plot_puts_studies_at_two_budgets_on_one_minutes_axis(tmp_path, capsys):
+    import json
+
+    main = _plot_main()
+    short, long = tmp_path / "short.json", tmp_path / "long.json"
+    short.write_text(json.dumps({"runs": [dict(r, minutes=4.0) for r in _results(0.0)]}))
+    long.write_text(json.dumps({"runs": [dict(r, minutes=7.0) for r in _results(0.02)]}))
+    out = tmp_path / "both.png"
+    assert main([str(short), str(long), "--task", "B", "--settings", "segfuse", "primary_only",
+                 "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main([str(short), str(long), "--settings", "no_such_variant", "--out", str(tmp_path / "x.png")]) == 2
+    assert "no settings ['no_such_variant']" in capsys.readouterr().err and not (tmp_path / "x.png").exists()
+    assert main([str(short), str(short), "--out", str(short)]) == 2  # never overwrites an input
+    assert plot_module().minutes_at("050pct", 7.0) == 3.5 and plot_module().minutes_at("final", 7.0) == 7.0
 
 
 def _job(variant: str, mode: str = "2d") -> dict:
