@@ -179,7 +179,12 @@ def design_of(variant: str, default: str | None = None) -> str:
     """
     if variant.startswith("segfuse_no_"):
         return default or "segfuse"
-    return variant.removesuffix(PAIRS).removesuffix(SUBSETS).removesuffix(DROPOUT)
+    return _without_second_decode(variant).removesuffix(DROPOUT)
+
+
+def _without_second_decode(variant: str) -> str:
+    """``x_dropout_pairs`` or ``x_dropout_subsets`` -> ``x_dropout``; any other name unchanged."""
+    return variant.removesuffix(PAIRS).removesuffix(SUBSETS)
 
 
 def dropout_twin(variant: str) -> str:
@@ -210,7 +215,7 @@ def stale_design(record: dict[str, Any], path: Path, default: str | None) -> str
 
 def trained_with_dropout(variant: str) -> bool:
     """A dropout, pairs or subsets twin: evaluated with each auxiliary present and absent (``segfuse ablate``)."""
-    return variant.removesuffix(PAIRS).removesuffix(SUBSETS).endswith(DROPOUT)
+    return _without_second_decode(variant).endswith(DROPOUT)
 
 
 DROPOUT_TWINS = tuple(dropout_twin(v) for v in DESIGN_VARIANTS)

@@ -58,17 +58,19 @@ def plot(payload: dict, task: str, out: Path, only: list[str] | None = None) -> 
 
     every = [r for r in payload["runs"] if r.get("task") == task]
     budgets = sorted({float(r.get("minutes", 1.0)) for r in every})
-    by_budget = {b: [r for r in every if float(r.get("minutes", 1.0)) == b] for b in budgets}
-    runs = by_budget[budgets[-1]] if budgets else []  # the left panel: the longest budget
+    # {budget: {checkpoint: {(task, setting): …}}}, each table built once
+    tables_of = {}
+    for b in budgets:
+        group = [r for r in every if float(r.get("minutes", 1.0)) == b]
+        tables_of[b] = {name: per_subject(group, name) for name in checkpoints_of(group)}
+    tables = tables_of[budgets[-1]] if budgets else {}  # the left panel: the longest budget
     region = headline(task)
     measure = "Dice, mean over regions" if region == "mean" else f"{region} Dice"
-    names = checkpoints_of(runs)
-    tables = {name: per_subject(runs, name) for name in names}  # {checkpoint: {(task, setting): …}}
     settings = sorted(s for (t, s) in tables.get("final", {}) if t == task)
     if REFERENCE not in settings:
         raise ValueError(f"task {task} has no final {REFERENCE} scores (settings found: {settings or 'none'})")
     reference = dice_of(tables["final"], task, REFERENCE, region)
-    everywhere = sorted({s for b in budgets for (t, s) in per_subject(by_budget[b]) if t == task})
+    everywhere = sorted({s for b in budgets for (t, s) in tables_of[b]["final"] if t == task})
     if only:
         unknown = sorted(set(only) - set(everywhere))
         if unknown:
@@ -91,16 +93,13 @@ def plot(payload: dict, task: str, out: Path, only: list[str] | None = None) -> 
 
     styles = ("-", "--", ":", "-.")
     for rank, budget in enumerate(reversed(budgets)):
-        group = by_budget[budget]
-        group_names = checkpoints_of(group)
-        group_tables = {name: per_subject(group, name) for name in group_names}
         for setting in everywhere:
-            means = [np.mean(list(d.values())) if (d := dice_of(group_tables[name], task, setting, region))
-                     else np.nan for name in group_names]
+            means = [np.mean(list(d.values())) if (d := dice_of(table, task, setting, region)) else np.nan
+                     for table in tables_of[budget].values()]
             if np.all(np.isnan(means)):
                 continue
             label = setting if len(budgets) == 1 else f"{setting} ({budget:g} min runs)"
-            curve.plot([minutes_at(name, budget) for name in group_names], means, marker="o",
+            curve.plot([minutes_at(name, budget) for name in tables_of[budget]], means, marker="o",
                        linestyle=styles[rank % len(styles)], color=colour[setting], label=label)
     curve.set(xlabel="minutes of optimisation (snapshots and final weights)", ylabel=f"{measure}, mean over subjects",
               title="Does the ranking settle?")

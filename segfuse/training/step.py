@@ -72,9 +72,8 @@ def drop_random_subsets(aux: dict[str, torch.Tensor], present: dict[str, torch.T
     auxiliary this is every auxiliary absent.
     """
     names = list(aux)
-    batch = next(iter(aux.values())).shape[0]
-    device = next(iter(aux.values())).device
-    dropped = torch.randint(1, 2 ** len(names), (batch,), device=device)  # bit k set: auxiliary k absent
+    first = aux[names[0]]
+    dropped = torch.randint(1, 2 ** len(names), (first.shape[0],), device=first.device)  # bit k set: k absent
     masks = {}
     for k, name in enumerate(names):
         kept = ((dropped >> k) & 1) == 0
