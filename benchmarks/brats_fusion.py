@@ -850,6 +850,35 @@ def report(
 # -- driver ---------------------------------------------------------------------------------------
 
 
+def reuse_saved(sources: list[Path], results_dir: Path, mode: str, minutes: float, tag: str) -> list[str]:
+    """Seed ``results_dir`` with the run and memory records of earlier studies' raw JSON files.
+
+    A record is written only where no file of that name is saved, so only the missing runs train; a record
+    of another mode, budget or scale is refused. A record saved before runs carried their ``--default``
+    gets its study's ``--default`` (the command in that file's header says it). Returns one line per source
+    for the report's header; raises ``ValueError`` naming the file and the values that do not match.
+    """
+    lines = []
+    for source in sources:
+        payload = json.loads(source.read_text())
+        study_default = payload.get("args", {}).get("default")
+        written = 0
+        for record in payload.get("runs", []) + payload.get("step_memory", []):
+            if record.get("mode") != mode or ("minutes" in record and float(record["minutes"]) != minutes) \
+                    or record.get("tag", tag) != tag:
+                raise ValueError(f"{source}: {record['task']} {record['variant']} was made in mode "
+                                 f"{record.get('mode')}, {record.get('minutes', minutes):g} min, "
+                                 f"{record.get('tag', tag)}; this study is {mode}, {minutes:g} min, {tag}")
+            record = {"default": study_default, **record, "reused_from": str(source)}
+            name = (f"{record['task']}_{record['variant']}_fold{record['fold']}.json" if "fold" in record
+                    else f"memory_{record['task']}_{record['variant']}.json")
+            if not (results_dir / name).is_file():
+                (results_dir / name).write_text(json.dumps(record, default=float))
+                written += 1
+        lines.append(f"{written} records reused from {source} ({payload['header'].splitlines()[0]})")
+    return lines
+
+
 def _spawn(flag: str, job: dict[str, Any], env: dict[str, str] | None = None) -> None:
     subprocess.run([sys.executable, __file__, flag, json.dumps(job)], check=True,
                    env={**os.environ, **(env or {})})
@@ -885,6 +914,10 @@ def main(argv: list[str] | None = None) -> int:
                              "variant, no training): e.g. --mode 3d, where no 3D study fits this CPU")
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--keep-checkpoints", action="store_true")
+    parser.add_argument("--reuse", type=Path, nargs="*", default=[], metavar="RESULTS_JSON",
+                        help="raw JSON of earlier studies of the same mode, budget and scale: their runs and "
+                             "memory records are put in the results folder where none is saved, so only the "
+                             "missing runs train; the header names each file")
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_brats_fusion")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--memory-worker", help=argparse.SUPPRESS)
@@ -910,6 +943,11 @@ def main(argv: list[str] | None = None) -> int:
         tasks, mode, fold_ids, snapshots = ["B"], "3d", [0], []
     out = args.out / ("quick" if args.quick else "gpu" if args.gpu else f"{mode}_{minutes:g}min_{tag}")
     (out / "results").mkdir(parents=True, exist_ok=True)
+    try:
+        reused = reuse_saved(args.reuse, out / "results", mode, minutes, tag)
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 2
     results, memory = [], []
     for key in tasks:
         task = TASKS[key]
@@ -981,6 +1019,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote the manifests and low-resolution copies under {args.data_dir}")
         return 0
     stamp = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine_line()}\nCommand: `{' '.join(sys.argv)}`"
+    stamp += "".join(f"\n{line}" for line in reused)
     if args.memory_only:
         text = f"Training-step memory and time (goal 4), mode {mode}, {stamp}\n" + "\n".join(memory_table(memory))
         (out / "memory.md").write_text(text + "\n")

@@ -368,3 +368,25 @@ def test_a_saved_run_of_another_default_design_is_not_reused(tmp_path):
     assert bench.stale_design(legacy, path, None) is None and bench.stale_design(legacy, path, "segfuse_pyramid")
     # a variant whose design does not follow --default is reused whatever the flag
     assert bench.stale_design({"variant": "early_lowres"}, path, "segfuse_gated") is None
+
+
+def test_an_earlier_studys_records_fill_only_the_missing_files_and_keep_its_default(tmp_path):
+    import json
+
+    run = {**_run("B", "segfuse_no_flair", {"s00": 0.7}), "mode": "2d", "minutes": 4.0}
+    memory = {"task": "B", "variant": "early_lowres", "mode": "2d", "step_peak_mib": 300.0}
+    source = tmp_path / "earlier.json"
+    source.write_text(json.dumps({"header": "study at 4 min\nCommand: x", "args": {"default": "segfuse_pyramid_linear"},
+                                  "runs": [run, {**run, "fold": 1}], "step_memory": [memory]}))
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "B_segfuse_no_flair_fold1.json").write_text('{"kept": true}')  # already saved: left alone
+    lines = bench.reuse_saved([source], results, "2d", 4.0, "2x2x4mm")
+    assert lines == [f"2 records reused from {source} (study at 4 min)"]
+    assert json.loads((results / "B_segfuse_no_flair_fold1.json").read_text()) == {"kept": True}
+    seeded = json.loads((results / "B_segfuse_no_flair_fold0.json").read_text())
+    assert seeded["default"] == "segfuse_pyramid_linear" and seeded["reused_from"] == str(source)
+    assert bench.stale_design(seeded, source, "segfuse_pyramid_linear") is None
+    assert json.loads((results / "memory_B_early_lowres.json").read_text())["step_peak_mib"] == 300.0
+    with pytest.raises(ValueError, match=r"earlier\.json.*4 min.*this study is 2d, 7 min"):
+        bench.reuse_saved([source], tmp_path, "2d", 7.0, "2x2x4mm")  # another budget: refused
