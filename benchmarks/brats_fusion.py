@@ -73,6 +73,8 @@ Usage:
     python benchmarks/brats_fusion.py --quick                   # smoke run: a few minutes
     python benchmarks/brats_fusion.py --minutes 6               # the study (both tasks, every variant, 5 folds)
     python benchmarks/brats_fusion.py --mode 3d --variants primary_only early_lowres segfuse --minutes 20
+    python benchmarks/brats_fusion.py --tasks B --minutes 4 --variants <all of the report's> \
+        --reuse docs/results/<earlier study>.json    # train only the runs that file lacks
 """
 
 from __future__ import annotations
@@ -850,19 +852,19 @@ def report(
 # -- driver ---------------------------------------------------------------------------------------
 
 
-def reuse_saved(sources: list[Path], results_dir: Path, mode: str, minutes: float, tag: str) -> list[str]:
+def reuse_saved(sources: list[Path], results_dir: Path, mode: str, minutes: float, tag: str) -> int:
     """Seed ``results_dir`` with the run and memory records of earlier studies' raw JSON files.
 
     A record is written only where no file of that name is saved, so only the missing runs train; a record
     of another mode, budget or scale is refused. A record saved before runs carried their ``--default``
-    gets its study's ``--default`` (the command in that file's header says it). Returns one line per source
-    for the report's header; raises ``ValueError`` naming the file and the values that do not match.
+    gets its study's ``--default`` (the command in that file's header says it) and ``reused_from``, the
+    file. Returns how many records were written; raises ``ValueError`` naming the file and the values
+    that do not match.
     """
-    lines = []
+    written = 0
     for source in sources:
         payload = json.loads(source.read_text())
         study_default = payload.get("args", {}).get("default")
-        written = 0
         for record in payload.get("runs", []) + payload.get("step_memory", []):
             if record.get("mode") != mode or ("minutes" in record and float(record["minutes"]) != minutes) \
                     or record.get("tag", tag) != tag:
@@ -875,7 +877,18 @@ def reuse_saved(sources: list[Path], results_dir: Path, mode: str, minutes: floa
             if not (results_dir / name).is_file():
                 (results_dir / name).write_text(json.dumps(record, default=float))
                 written += 1
-        lines.append(f"{written} records reused from {source} ({payload['header'].splitlines()[0]})")
+    return written
+
+
+def reused_lines(sources: list[Path], results: list[dict[str, Any]], memory: list[dict[str, Any]]) -> list[str]:
+    """One header line per ``--reuse`` file: how many of the report's runs and memory records are its."""
+    lines = []
+    for source in sources:
+        first = json.loads(source.read_text())["header"].splitlines()[0]
+        runs = sum(r.get("reused_from") == str(source) for r in results)
+        records = sum(m.get("reused_from") == str(source) for m in memory)
+        lines.append(f"Reused from {source}: {runs} of the {len(results)} runs and {records} of the "
+                     f"{len(memory)} memory records ({first})")
     return lines
 
 
@@ -944,7 +957,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out / ("quick" if args.quick else "gpu" if args.gpu else f"{mode}_{minutes:g}min_{tag}")
     (out / "results").mkdir(parents=True, exist_ok=True)
     try:
-        reused = reuse_saved(args.reuse, out / "results", mode, minutes, tag)
+        reuse_saved(args.reuse, out / "results", mode, minutes, tag)
     except ValueError as error:
         print(error, file=sys.stderr)
         return 2
@@ -1019,7 +1032,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"wrote the manifests and low-resolution copies under {args.data_dir}")
         return 0
     stamp = f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {machine_line()}\nCommand: `{' '.join(sys.argv)}`"
-    stamp += "".join(f"\n{line}" for line in reused)
+    stamp += "".join(f"\n{line}" for line in reused_lines(args.reuse, results, memory))
     if args.memory_only:
         text = f"Training-step memory and time (goal 4), mode {mode}, {stamp}\n" + "\n".join(memory_table(memory))
         (out / "memory.md").write_text(text + "\n")
@@ -1033,7 +1046,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.md").write_text(header + "\n\n" + text + "\n")
     payload = {"header": header, "goals_preregistered": GOALS, "goals": goals(results, memory, args.default),
                "runs": results, "step_memory": memory,
-               "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}}
+               "args": {k: [str(p) for p in v] if k == "reuse" else str(v) if isinstance(v, Path) else v
+                        for k, v in vars(args).items()}}
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=float))
     print(header)
     print(text)

@@ -381,12 +381,15 @@ def test_an_earlier_studys_records_fill_only_the_missing_files_and_keep_its_defa
     results = tmp_path / "results"
     results.mkdir()
     (results / "B_segfuse_no_flair_fold1.json").write_text('{"kept": true}')  # already saved: left alone
-    lines = bench.reuse_saved([source], results, "2d", 4.0, "2x2x4mm")
-    assert lines == [f"2 records reused from {source} (study at 4 min)"]
+    assert bench.reuse_saved([source], results, "2d", 4.0, "2x2x4mm") == 2
     assert json.loads((results / "B_segfuse_no_flair_fold1.json").read_text()) == {"kept": True}
     seeded = json.loads((results / "B_segfuse_no_flair_fold0.json").read_text())
     assert seeded["default"] == "segfuse_pyramid_linear" and seeded["reused_from"] == str(source)
     assert bench.stale_design(seeded, source, "segfuse_pyramid_linear") is None
-    assert json.loads((results / "memory_B_early_lowres.json").read_text())["step_peak_mib"] == 300.0
+    memory_saved = json.loads((results / "memory_B_early_lowres.json").read_text())
+    assert memory_saved["step_peak_mib"] == 300.0
+    new_run = {**run, "fold": 2}  # trained by this study
+    lines = bench.reused_lines([source], [seeded, new_run], [memory_saved])
+    assert lines == [f"Reused from {source}: 1 of the 2 runs and 1 of the 1 memory records (study at 4 min)"]
     with pytest.raises(ValueError, match=r"earlier\.json.*4 min.*this study is 2d, 7 min"):
         bench.reuse_saved([source], tmp_path, "2d", 7.0, "2x2x4mm")  # another budget: refused
