@@ -95,6 +95,7 @@ from typing import Any
 
 import numpy as np
 
+from segfuse.io.atomic import atomic_write_text
 from segfuse.machine import machine_line
 
 REPO = Path(__file__).resolve().parents[1]
@@ -852,31 +853,49 @@ def report(
 # -- driver ---------------------------------------------------------------------------------------
 
 
+def record_file(task: str, variant: str, fold: int | None = None) -> str:
+    """The results folder's name for a run's record (``fold`` given) or a variant's memory record."""
+    return f"memory_{task}_{variant}.json" if fold is None else f"{task}_{variant}_fold{fold}.json"
+
+
 def reuse_saved(sources: list[Path], results_dir: Path, mode: str, minutes: float, tag: str) -> int:
     """Seed ``results_dir`` with the run and memory records of earlier studies' raw JSON files.
 
     A record is written only where no file of that name is saved, so only the missing runs train; a record
     of another mode, budget or scale is refused. A record saved before runs carried their ``--default``
     gets its study's ``--default`` (the command in that file's header says it) and ``reused_from``, the
-    file. Returns how many records were written; raises ``ValueError`` naming the file and the values
-    that do not match.
+    file. Every file is checked before anything is written. Returns how many records were written; raises
+    ``ValueError`` naming the file and what is wrong with it (unreadable, not a study's raw JSON, or
+    values that do not match).
     """
-    written = 0
+    seeded = {}
     for source in sources:
-        payload = json.loads(source.read_text())
-        study_default = payload.get("args", {}).get("default")
-        for record in payload.get("runs", []) + payload.get("step_memory", []):
+        try:
+            payload = json.loads(source.read_text())
+            records = payload["runs"] + payload.get("step_memory", [])
+            study_default = payload.get("args", {}).get("default")
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"--reuse {source}: not a readable brats_fusion.py results.json "
+                             f"({type(error).__name__}: {error})") from error
+        unnamed = [i for i, r in enumerate(records) if not isinstance(r, dict) or not {"task", "variant"} <= r.keys()]
+        if unnamed:
+            raise ValueError(f"--reuse {source}: records {unnamed[:5]} name no task and variant; "
+                             "not a brats_fusion.py results.json")
+        for record in records:
             if record.get("mode") != mode or ("minutes" in record and float(record["minutes"]) != minutes) \
                     or record.get("tag", tag) != tag:
                 raise ValueError(f"{source}: {record['task']} {record['variant']} was made in mode "
                                  f"{record.get('mode')}, {record.get('minutes', minutes):g} min, "
                                  f"{record.get('tag', tag)}; this study is {mode}, {minutes:g} min, {tag}")
-            record = {"default": study_default, **record, "reused_from": str(source)}
-            name = (f"{record['task']}_{record['variant']}_fold{record['fold']}.json" if "fold" in record
-                    else f"memory_{record['task']}_{record['variant']}.json")
-            if not (results_dir / name).is_file():
-                (results_dir / name).write_text(json.dumps(record, default=float))
-                written += 1
+            name = record_file(record["task"], record["variant"], record.get("fold"))
+            seeded.setdefault(name, {"default": study_default, **record, "reused_from": str(source)})
+    written = 0
+    if seeded:
+        results_dir.mkdir(parents=True, exist_ok=True)
+    for name, record in seeded.items():
+        if not (results_dir / name).is_file():
+            atomic_write_text(results_dir / name, json.dumps(record, default=float))
+            written += 1
     return written
 
 
@@ -891,6 +910,13 @@ def reused_lines(sources: list[Path], results: list[dict[str, Any]], memory: lis
                      f"{len(memory)} memory records ({first})")
     return lines
 
+
+
+def _plain(value: Any) -> Any:
+    """An argument as JSON holds it: paths (also in lists) as strings."""
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
 
 def _spawn(flag: str, job: dict[str, Any], env: dict[str, str] | None = None) -> None:
     subprocess.run([sys.executable, __file__, flag, json.dumps(job)], check=True,
@@ -940,7 +966,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker or args.memory_worker:
         job = json.loads(args.worker or args.memory_worker)
         out = run_one(job) if args.worker else step_memory(job)
-        Path(job["result"]).write_text(json.dumps(out, default=float))
+        atomic_write_text(job["result"], json.dumps(out, default=float))  # a saved file means a finished run
         return 0
     shared = all((SHARED / s).is_dir() for s in ("brats18_t1_flair", "brats19_multimodal"))
     carried = args.gpu and (args.data_dir / "task_b.yaml").is_file()  # a GPU machine: data prepared and carried
@@ -955,12 +981,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.gpu:
         tasks, mode, fold_ids, snapshots = ["B"], "3d", [0], []
     out = args.out / ("quick" if args.quick else "gpu" if args.gpu else f"{mode}_{minutes:g}min_{tag}")
-    (out / "results").mkdir(parents=True, exist_ok=True)
     try:
         reuse_saved(args.reuse, out / "results", mode, minutes, tag)
     except ValueError as error:
         print(error, file=sys.stderr)
         return 2
+    (out / "results").mkdir(parents=True, exist_ok=True)
     results, memory = [], []
     for key in tasks:
         task = TASKS[key]
@@ -995,7 +1021,7 @@ def main(argv: list[str] | None = None) -> int:
                     "keep_checkpoints": args.keep_checkpoints, "val_cases": folds[0], "name": "memory", "fold": 0,
                     "quick": args.quick, "default": args.default}
             if not trained_with_dropout(variant) and not args.gpu:  # a dropout twin's step is its design's
-                path = out / "results" / f"memory_{key}_{variant}.json"
+                path = out / "results" / record_file(key, variant)
                 if not path.is_file():
                     _spawn("--memory-worker", {**base, "result": str(path)}, {"MALLOC_MMAP_THRESHOLD_": "1048576"})
                 memory.append(json.loads(path.read_text()))
@@ -1008,12 +1034,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.memory_only:
                 continue
             for fold in fold_ids if fold_ids is not None else range(len(folds)):
-                path = out / "results" / f"{key}_{variant}_fold{fold}.json"
+                path = out / "results" / record_file(key, variant, fold)
                 if not path.is_file():
                     job = {**base, "fold": fold, "val_cases": folds[fold], "name": f"{key}_{variant}_fold{fold}",
                            "result": str(path)}
                     if args.match_iterations:
-                        reference = out / "results" / f"{key}_{args.match_iterations}_fold{fold}.json"
+                        reference = out / "results" / record_file(key, args.match_iterations, fold)
                         if not reference.is_file():
                             print(f"--match-iterations: {reference} does not exist; run {args.match_iterations} "
                                   f"on fold {fold} first", file=sys.stderr)
@@ -1046,8 +1072,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.md").write_text(header + "\n\n" + text + "\n")
     payload = {"header": header, "goals_preregistered": GOALS, "goals": goals(results, memory, args.default),
                "runs": results, "step_memory": memory,
-               "args": {k: [str(p) for p in v] if k == "reuse" else str(v) if isinstance(v, Path) else v
-                        for k, v in vars(args).items()}}
+               "args": {k: _plain(v) for k, v in vars(args).items()}}
     (out / "results.json").write_text(json.dumps(payload, indent=2, default=float))
     print(header)
     print(text)

@@ -393,3 +393,23 @@ def test_an_earlier_studys_records_fill_only_the_missing_files_and_keep_its_defa
     assert lines == [f"Reused from {source}: 1 of the 2 runs and 1 of the 1 memory records (study at 4 min)"]
     with pytest.raises(ValueError, match=r"earlier\.json.*4 min.*this study is 2d, 7 min"):
         bench.reuse_saved([source], tmp_path, "2d", 7.0, "2x2x4mm")  # another budget: refused
+
+
+@pytest.mark.parametrize("content, problem", [
+    (None, "FileNotFoundError"),
+    ("{not json", "JSONDecodeError"),
+    ('{"header": "x"}', "KeyError"),
+    ('{"header": "x", "runs": [{"mode": "2d"}]}', "name no task and variant"),
+])
+def test_a_bad_reuse_file_is_named_and_nothing_is_written(tmp_path, content, problem):
+    good = tmp_path / "good.json"
+    good.write_text('{"header": "x", "runs": [{"task": "B", "variant": "early_lowres", "fold": 0, "mode": "2d"}]}')
+    bad = tmp_path / "bad.json"
+    if content is not None:
+        bad.write_text(content)
+    results = tmp_path / "results"
+    results.mkdir()
+    with pytest.raises(ValueError, match=problem) as error:
+        bench.reuse_saved([good, bad], results, "2d", 4.0, "2x2x4mm")
+    assert str(bad) in str(error.value)
+    assert list(results.iterdir()) == []  # the good file's record is not written either
