@@ -65,14 +65,18 @@ over from the spawning parent).
 
 ``--mode 2d`` (default) trains 2.5D on axial slices (patch 128 × 128, batch 8, smp
 ResNet18, depth 4), the setting that fits a 2-core CPU; ``--mode 3d`` keeps the
-config's 3D settings. ``--gpu`` runs the three key variants (primary only, early
-low-res, segfuse) of task B in 3D at 128³ on fold 0 on CUDA (``benchmarks/brats_fusion_gpu.sh``).
+config's 3D settings; there a ``_linear`` design trains its counterpart's network (a 3D model
+sees every auxiliary whole at its own scale, so there is no slice to choose):
+``segfuse_pyramid_linear`` is the shipped 3D config's design. ``--gpu`` runs the three key
+variants (primary only, early low-res, the chosen default ``--default``, else segfuse) of task
+B in 3D at 128³ on fold 0 on CUDA (``benchmarks/brats_fusion_gpu.sh``).
 
 Usage:
     python benchmarks/brats_fusion.py --prepare-only            # the low-resolution copies and manifests
     python benchmarks/brats_fusion.py --quick                   # smoke run: a few minutes
     python benchmarks/brats_fusion.py --minutes 6               # the study (both tasks, every variant, 5 folds)
-    python benchmarks/brats_fusion.py --mode 3d --variants primary_only early_lowres segfuse --minutes 20
+    python benchmarks/brats_fusion.py --mode 3d --tasks B --default segfuse_pyramid_linear \
+        --variants primary_only early_lowres segfuse_pyramid_linear --minutes 15   # the 3D trio
     python benchmarks/brats_fusion.py --tasks B --minutes 4 --variants <all of the report's> \
         --reuse docs/results/<earlier study>.json    # train only the runs that file lacks
 """
@@ -88,6 +92,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -105,7 +110,6 @@ DATA_DIR = REPO / "runs" / "brats_lowres"
 FOLDS = 5
 BOOTSTRAP = 10_000
 VARIANTS = ("primary_only", "early_1mm", "early_lowres", "segfuse", "segfuse_dropout")
-KEY_VARIANTS = ("primary_only", "early_lowres", "segfuse")
 
 # -- pre-registered goals (issue 12 §3), written before any run of this script ---------------------
 # "headline" is whole-tumour Dice for task A and the mean Dice over the three regions for task B.
@@ -151,6 +155,18 @@ TASKS = {
 # the 4-minute task-A result, before any run of them: segfuse lost most on subjects whose tumour needs the
 # FLAIR read with context, and the coarse levels saw only pooled 2-layer features of it
 DESIGN_VARIANTS = ("segfuse_add", "segfuse_gated", "segfuse_linear", "segfuse_pyramid", "segfuse_pyramid_linear")
+LINEAR_DESIGNS = ("segfuse_linear", "segfuse_pyramid_linear")
+
+
+def key_variants(default: str | None) -> tuple[str, ...]:
+    """The three key variants of the 3D comparison: primary only, early low-res, the chosen default."""
+    return "primary_only", "early_lowres", default or "segfuse"
+
+
+def same_network_in_3d(variants: Iterable[str]) -> list[tuple[str, str]]:
+    """Pairs of listed variants that train one network in 3D: ``x_linear`` and ``x`` (no slice to choose)."""
+    listed = set(variants)
+    return [(v, v.replace("_linear", "")) for v in listed if "_linear" in v and v.replace("_linear", "") in listed]
 # every design variant has a dropout twin, ``<variant>_dropout`` (the config's modality dropout, evaluated with each
 # auxiliary present and absent like ``segfuse_dropout``, the twin of ``segfuse``): the issue's "segfuse's chosen
 # default ... the same trained with modality dropout". Added on 2026-12-06 after Part 2 chose
@@ -421,7 +437,9 @@ def run_config(job: dict[str, Any]) -> Any:
             # started from (pooled mapping, thick slice containing z); the variants change one thing each
             spec["level_blocks"] = 1 if design.startswith("segfuse_pyramid") else 0
             data["aux"][f"{name}_{tag}"] = spec
-    linear = design in ("segfuse_linear", "segfuse_pyramid_linear")
+    # a 3D model sees every auxiliary whole at its own scale: no slice to choose, so a _linear design trains
+    # the network of its counterpart without it (segfuse_pyramid_linear -> the shipped 3D config's design)
+    linear = job["mode"] == "2d" and design in LINEAR_DESIGNS
     tree["model"]["aux_slice"] = "linear" if linear else "containing"
     data["val_cases"] = list(job["val_cases"])
     training = tree["training"]
@@ -946,7 +964,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 3 subjects per task at 2 mm, fold 0, 3 variants, 0.2 min, no snapshot")
     parser.add_argument("--gpu", action="store_true",
-                        help="task B, fold 0, primary_only/early_lowres/segfuse in 3D at 128^3 on CUDA")
+                        help="task B, fold 0, primary_only/early_lowres/the --default in 3D at 128^3 on CUDA")
     parser.add_argument("--prepare-only", action="store_true", help="make the low-resolution copies and manifests")
     parser.add_argument("--memory-only", action="store_true",
                         help="measure only each variant's training-step peak memory and time (goal 4; seconds per "
@@ -963,6 +981,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.memory_only and args.gpu:
         parser.error("--memory-only measures CPU training steps; --gpu measures trained runs on CUDA: choose one")
+    if (args.mode == "3d" or args.gpu) and (twins := same_network_in_3d(args.variants or ())):
+        parser.error(f"in 3D {twins[0][0]} and {twins[0][1]} train the same network (a 3D model sees every "
+                     "auxiliary whole: no slice to choose); list one")
     if args.worker or args.memory_worker:
         job = json.loads(args.worker or args.memory_worker)
         out = run_one(job) if args.worker else step_memory(job)
@@ -1002,7 +1023,7 @@ def main(argv: list[str] | None = None) -> int:
             subjects = [(c["case_id"], Path()) for c in _yaml(manifest)["cases"]]
         if args.prepare_only:
             continue
-        variants = args.variants or (KEY_VARIANTS if args.gpu else
+        variants = args.variants or (key_variants(args.default) if args.gpu else
                                      ("primary_only", "early_lowres", "segfuse_dropout") if args.quick
                                      else tuple(v for v in variants_of(task)
                                                 if v not in DESIGN_VARIANTS + DROPOUT_TWINS + PAIRS_TWINS

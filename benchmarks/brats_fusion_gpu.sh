@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Device command for benchmarks/brats_fusion.py --gpu (issue 12 §3): the three key variants
-# (primary only, early fusion with the 2x2x4 mm auxiliaries upsampled, segfuse with them at native
-# resolution) of task B (T1ce + FLAIR + T2, three BraTS regions) in 3D at 128^3, fold 0 (10 subjects
+# (primary only, early fusion with the 2x2x4 mm auxiliaries upsampled, and the study's chosen default,
+# segfuse_pyramid_linear, with them at native resolution; in 3D its network is the pyramid design)
+# of task B (T1ce + FLAIR + T2, three BraTS regions) in 3D at 128^3, fold 0 (10 subjects
 # train, 3 evaluated), on CUDA; reports Dice per region, seconds per iteration and GPU memory.
 #
 # Prepare here first (the device has no ../shared/data), then pass to the device `run` tool:
@@ -20,7 +21,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then
         .whl/*.whl || exit 3
 fi
 export PYTHONPATH="/tmp/site:$PWD"
-PYTHONUNBUFFERED=1 python3 benchmarks/brats_fusion.py --gpu --data-dir gpu_data --minutes 2 \
+PYTHONUNBUFFERED=1 python3 benchmarks/brats_fusion.py --gpu --default segfuse_pyramid_linear --data-dir gpu_data --minutes 2 \
     --out "$OUT/brats_gpu_runs" "$@" 2>&1 | tee "$OUT/brats_gpu_log.txt"
 mkdir -p "$OUT/brats_gpu" && cp "$OUT"/brats_gpu_runs/gpu/results.* "$OUT/brats_gpu/" 2>/dev/null
 rm -rf "$OUT/brats_gpu_runs"

@@ -192,8 +192,6 @@ def _job(variant: str, mode: str = "2d") -> dict:
 
 
 def test_design_variants_change_only_their_setting_and_linear_is_2d_only():
-    from segfuse.io.errors import SegfuseInputError
-
     base, linear = bench.run_config(_job("segfuse")), bench.run_config(_job("segfuse_linear"))
     assert (base.model.aux_slice, linear.model.aux_slice) == ("containing", "linear")
     assert base.data.aux == linear.data.aux and linear.model.mode == "2d"
@@ -202,8 +200,21 @@ def test_design_variants_change_only_their_setting_and_linear_is_2d_only():
     assert [a.level_blocks for a in pyramid.data.aux.values()] == [1] and pyramid.model.aux_slice == "containing"
     assert [a.level_blocks for a in both.data.aux.values()] == [1] and both.model.aux_slice == "linear"
     assert [a.level_blocks for a in linear.data.aux.values()] == [0]
-    with pytest.raises(SegfuseInputError, match="only applies to mode 2d"):
-        bench.run_config(_job("segfuse_linear", mode="3d"))
+    # a 3D model sees each auxiliary whole: the chosen default trains the pyramid design's network there
+    default_3d, pyramid_3d = (bench.run_config(_job(v, "3d")) for v in ("segfuse_pyramid_linear", "segfuse_pyramid"))
+    assert default_3d.model.aux_slice == "containing" and default_3d.model.mode == "3d"
+    assert default_3d.data.aux == pyramid_3d.data.aux and default_3d.model == pyramid_3d.model
+    assert bench.same_network_in_3d(["segfuse_pyramid_linear", "primary_only"]) == []
+    assert bench.same_network_in_3d(["segfuse_linear", "segfuse", "early_lowres"]) == [("segfuse_linear", "segfuse")]
+
+
+def test_3d_refuses_two_names_for_one_network_and_gpu_runs_the_chosen_default(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--mode", "3d", "--variants", "segfuse_pyramid", "segfuse_pyramid_linear", "--out", "unused"])
+    assert exit_info.value.code == 2
+    assert "train the same network" in capsys.readouterr().err and not Path("unused").exists()
+    assert bench.key_variants("segfuse_pyramid_linear") == ("primary_only", "early_lowres", "segfuse_pyramid_linear")
+    assert bench.key_variants(None)[-1] == "segfuse"
 
 
 def test_goal_three_judges_the_chosen_defaults_dropout_twin():
