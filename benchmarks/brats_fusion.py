@@ -166,7 +166,10 @@ def key_variants(default: str | None) -> tuple[str, ...]:
 def same_network_in_3d(variants: Iterable[str]) -> list[tuple[str, str]]:
     """Pairs of listed variants that train one network in 3D: ``x_linear`` and ``x`` (no slice to choose)."""
     listed = set(variants)
-    return [(v, v.replace("_linear", "")) for v in listed if "_linear" in v and v.replace("_linear", "") in listed]
+    pairs = ((v, v.replace("_linear", "")) for v in sorted(listed) if "_linear" in v)
+    return [(linear, plain) for linear, plain in pairs if plain in listed]
+
+
 # every design variant has a dropout twin, ``<variant>_dropout`` (the config's modality dropout, evaluated with each
 # auxiliary present and absent like ``segfuse_dropout``, the twin of ``segfuse``): the issue's "segfuse's chosen
 # default ... the same trained with modality dropout". Added on 2026-12-06 after Part 2 chose
