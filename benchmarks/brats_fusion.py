@@ -932,12 +932,12 @@ def reused_lines(sources: list[Path], results: list[dict[str, Any]], memory: lis
     return lines
 
 
-
 def _plain(value: Any) -> Any:
     """An argument as JSON holds it: paths (also in lists) as strings."""
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return str(value) if isinstance(value, Path) else value
+
 
 def _spawn(flag: str, job: dict[str, Any], env: dict[str, str] | None = None) -> None:
     subprocess.run([sys.executable, __file__, flag, json.dumps(job)], check=True,
