@@ -196,6 +196,16 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="checkpoint file, run folder, or folder of fold runs; repeat it to average several (soft ensemble)",
     )
+    parser.add_argument(
+        "--fallback",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="CHECKPOINT",
+        help="a model trained without some of the --checkpoint model's auxiliaries (checkpoint, run folder or folder "
+        "of fold runs); a case lacking an auxiliary is predicted by the model that reads the most of what it has. "
+        "Repeat it for other sets of auxiliaries",
+    )
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--image", type=Path, help="one case: the primary scan (NIfTI, NRRD, MHA or DICOM folder)")
     source.add_argument("--dataset", type=Path, help="many cases: a dataset folder or a CSV/YAML manifest")
@@ -234,28 +244,36 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _predict_run(args: argparse.Namespace) -> int:
     from segfuse.inference.case import case_from_paths, predict_case
+    from segfuse.inference.fallback import ModelChoice
     from segfuse.inference.model import load_model
     from segfuse.inference.options import set_inference_options
     from segfuse.inference.predict import predict
 
     mirror = True if args.mirror else False if args.no_mirror else None
     model = load_model(args.checkpoint, device=args.device)  # several checkpoints: an ensemble
-    set_inference_options(model, overlap=args.overlap, roi=args.roi, batch_size=args.batch_size)
+    choice = ModelChoice.of(model, [load_model([f], device=args.device) for f in args.fallback])
+    for member in choice.models:
+        set_inference_options(member, overlap=args.overlap, roi=args.roi, batch_size=args.batch_size)
     if args.image is not None:
         if args.resume:
             raise ValueError("--resume applies to --dataset runs only")
         if any("=" not in a for a in args.aux):
             raise ValueError(f"--aux must look like NAME=PATH, got {args.aux}")
         aux = dict(a.split("=", 1) for a in args.aux)
+        chosen, case, drop = choice.for_case(case_from_paths(args.image, aux))
+        if chosen is not model:
+            print(f"predicting with the fallback {', '.join(str(p) for p in chosen.checkpoints)}: the case has "
+                  f"auxiliaries {sorted(case.aux) or 'none'}")
         result = predict_case(
-            model,
-            case_from_paths(args.image, aux),
+            chosen,
+            case,
             args.out,
             save_probabilities=args.probabilities,
             qc_path=True if args.qc else None,
             device=args.device,
             mirror=mirror,
             progress=not args.no_progress,
+            drop_aux=drop,
         )
         print("wrote " + ", ".join(str(p) for p in result.outputs().values()))
         _write_label_tables(args, args.out.parent, model)
@@ -275,6 +293,7 @@ def _predict_run(args: argparse.Namespace) -> int:
         mirror=mirror,
         progress=not args.no_progress,
         workers=args.workers,
+        fallbacks=choice.fallbacks,
     )
     print(batch.summary())
     _write_label_tables(args, args.out, model)

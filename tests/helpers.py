@@ -72,10 +72,11 @@ SCALE = (2, 2, 4)
 AFFINE = np.array([[-1.0, 0, 0, 10.0], [0, -1.2, 0, 5.0], [0, 0, 2.0, -8.0], [0, 0, 0, 1]])
 
 
-def predict_config(dropout: float = 0.0, mode: str = "3d", **model) -> dict:
+def predict_config(dropout: float = 0.0, mode: str = "3d", aux: bool = True, **model) -> dict:
+    """A tiny network's config: T1 with a FLAIR at ``SCALE`` (``aux=False``: T1 only)."""
     return {
         "data": {
-            "aux": {"flair": {"scale": list(SCALE), "dropout": dropout}},
+            "aux": {"flair": {"scale": list(SCALE), "dropout": dropout}} if aux else {},
             "labels": {0: "background", 1: "foreground"},
         },
         "model": {
@@ -114,9 +115,9 @@ def write_manifest(folder: Path, names: list[str]) -> Path:
     return path
 
 
-def random_checkpoint(path: Path, dropout: float = 0.0, **kwargs) -> Path:
-    """A checkpoint of a tiny random network of :func:`predict_config` (``mode``, model keys in ``kwargs``)."""
+def random_checkpoint(path: Path, dropout: float = 0.0, seed: int = 0, **kwargs) -> Path:
+    """A checkpoint of a tiny random network of :func:`predict_config` (``mode``, ``aux``, model keys in ``kwargs``)."""
     cfg = config_from_dict(predict_config(dropout, **kwargs))
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = build_model(cfg)
     return save_checkpoint({"model": net.state_dict(), "config": cfg.to_dict(), "in_channels": 1}, path)

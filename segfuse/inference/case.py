@@ -125,7 +125,7 @@ def _check_aux(model: LoadedModel, case: Case, drop_aux: Collection[str]) -> tup
         raise SegfuseInputError(
             f"case {case.case_id!r}: auxiliary {', '.join(repr(n) for n in missing)} is missing, and this model "
             "was trained without modality dropout (data.aux.<name>.dropout = 0), so it needs every auxiliary "
-            f"({names})"
+            f"({names}); predict such cases with a model trained without it (segfuse predict --fallback CHECKPOINT)"
         )
     if missing:
         logger.warning(

@@ -41,7 +41,7 @@ import dataclasses
 import multiprocessing
 import threading
 from collections import deque
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import AbstractContextManager
 from typing import TypeVar
@@ -49,7 +49,7 @@ from typing import TypeVar
 from segfuse.data.cases import Case
 from segfuse.data.preprocess import PreparedCase, Preprocessing, prepare_case
 
-__all__ = ["RUNNING_CASES", "prepare_ahead", "run_pipelined", "run_sequential"]
+__all__ = ["RUNNING_CASES", "prepare_ahead", "prepare_planned", "run_pipelined", "run_sequential"]
 
 T = TypeVar("T")
 P = TypeVar("P")
@@ -68,6 +68,12 @@ def prepare_ahead(case: Case, spec: Preprocessing, drop_aux: Collection[str] = (
     """
     kept = dataclasses.replace(case, aux={k: v for k, v in case.aux.items() if k not in drop_aux})
     return prepare_case(kept, spec, with_label=False)
+
+
+def prepare_planned(case: Case, steps: Mapping[str, tuple[Preprocessing, Collection[str]]]) -> PreparedCase:
+    """:func:`prepare_ahead` with the ``(spec, drop_aux)`` planned for ``case.case_id`` (each case its own model)."""
+    spec, drop_aux = steps[case.case_id]
+    return prepare_ahead(case, spec, drop_aux)
 
 
 def _quiet_worker() -> None:

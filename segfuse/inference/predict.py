@@ -30,9 +30,10 @@ from tqdm.auto import tqdm
 from segfuse.data.cases import Case, Dataset
 from segfuse.data.prediction_inputs import read_for_prediction
 from segfuse.inference.case import PredictionResult, predict_case
+from segfuse.inference.fallback import ModelChoice
 from segfuse.inference.model import LoadedModel, load_model
 from segfuse.inference.paths import case_id_problem, case_inputs, output_collisions
-from segfuse.inference.pipeline import prepare_ahead, run_pipelined, run_sequential
+from segfuse.inference.pipeline import prepare_planned, run_pipelined, run_sequential
 from segfuse.io.atomic import atomic_write_text, file_sha256, remove_stale_temporaries
 from segfuse.io.errors import SegfuseInputError
 
@@ -128,7 +129,7 @@ def _finished(entry: Any, out_dir: Path, wanted: Collection[str]) -> bool:
     return True
 
 
-def _refused_cases(cases: Sequence[Case], out_dir: Path, checkpoint: Path | None, probabilities: bool, qc: bool
+def _refused_cases(cases: Sequence[Case], out_dir: Path, checkpoints: Sequence[Path], probabilities: bool, qc: bool
                    ) -> dict[str, str]:
     """Case id → reason, for cases whose outputs would land outside ``out_dir`` or on an input."""
     refused = {c.case_id: problem for c in cases if (problem := case_id_problem(c.case_id)) is not None}
@@ -139,7 +140,7 @@ def _refused_cases(cases: Sequence[Case], out_dir: Path, checkpoint: Path | None
         for c in cases
         if c.case_id not in refused
     }
-    inputs = [p for c in cases for p in case_inputs(c)] + ([checkpoint] if checkpoint is not None else [])
+    inputs = [p for c in cases for p in case_inputs(c)] + list(checkpoints)
     for case_id, clashes in output_collisions(outputs, inputs).items():
         refused[case_id] = f"output {'; '.join(clashes)}: writing it would replace an input"
     return refused
@@ -170,6 +171,7 @@ def predict(
     progress: bool = True,
     workers: int = 1,
     worker_kind: str = "thread",
+    fallbacks: Sequence[str | Path | LoadedModel] = (),
 ) -> BatchResult:
     """Predict every case of a dataset folder, a manifest or a list of cases into ``out_dir``.
 
@@ -192,6 +194,11 @@ def predict(
             see :mod:`segfuse.inference.pipeline`. ``0``: one case after the other. The
             outputs are the same either way.
         worker_kind: ``"thread"`` or ``"process"`` background readers.
+        fallbacks: models (checkpoints, run folders, folders of fold runs, or loaded) trained
+            without some of the main model's auxiliaries; a case lacking an auxiliary is
+            predicted by the one that reads the most of what the case has
+            (:mod:`segfuse.inference.fallback`). ``predictions.json`` names the model of
+            every case.
 
     Returns:
         A :class:`BatchResult`; ``result.ok`` is ``False`` when any case failed.
@@ -202,13 +209,15 @@ def predict(
         3 predicted, 0 skipped (resume), 0 failed; outputs in preds
     """
     model = load_model(checkpoint, device=device)
+    choice = ModelChoice.of(model, [load_model(f if isinstance(f, LoadedModel) else [f], device=device)
+                                    for f in fallbacks])
     cases = _cases_from(inputs, model)
     ids = [c.case_id for c in cases]
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise SegfuseInputError(f"case ids must be unique to name the outputs; repeated: {duplicates}")
     out_dir = Path(out_dir)
-    refused = _refused_cases(cases, out_dir, model.checkpoint, save_probabilities, qc)
+    refused = _refused_cases(cases, out_dir, choice.checkpoints, save_probabilities, qc)
     out_dir.mkdir(parents=True, exist_ok=True)
     if save_probabilities:
         (out_dir / "probabilities").mkdir(exist_ok=True)
@@ -219,7 +228,7 @@ def predict(
         for folder in (out_dir, out_dir / "probabilities", out_dir / "qc"):
             for stale in remove_stale_temporaries(folder):
                 logger.info("removed %s, left by an interrupted run", stale)
-    checkpoint_sha = model.checkpoint_sha256()
+    checkpoint_sha = choice.checkpoint_sha256()
     previous = _read_manifest(manifest_path) if resume else {}
     if previous and previous.get("checkpoint_sha256") != checkpoint_sha:
         logger.warning("%s: recorded with another checkpoint; predicting every case again", manifest_path)
@@ -229,6 +238,7 @@ def predict(
         "checkpoint": None if model.checkpoint is None else str(model.checkpoint),
         "checkpoint_sha256": checkpoint_sha,
         "checkpoints": [str(p) for p in model.checkpoints],
+        "fallbacks": [[str(p) for p in f.checkpoints] for f in choice.fallbacks],
         "labels": {str(v): str(n) for v, n in sorted(model.cfg.data.labels.items())},
         "cases": dict(previous.get("cases", {})) if resume else {},
     }
@@ -248,22 +258,28 @@ def predict(
             continue
         record["cases"].pop(case.case_id, None)
         todo.append(case)
+    # each case as its model will see it: the model chosen for it, the auxiliaries it reads, drop_aux
+    planned = [choice.for_case(case, drop_aux) for case in todo]
+    todo = [given for _, given, _ in planned]
+    plan = {given.case_id: (chosen, drop) for chosen, given, drop in planned}
 
     def run(case: Case, prepare=None, network_lock=None) -> PredictionResult:
+        chosen, drop = plan[case.case_id]
         return predict_case(
-            model,
+            chosen,
             case,
             out_dir / f"{case.case_id}.nii.gz",
             save_probabilities=(prob_dir / f"{case.case_id}.nii.gz") if save_probabilities else False,
             qc_path=(qc_dir / f"{case.case_id}.png") if qc else None,
             mirror=mirror,
-            drop_aux=drop_aux,
+            drop_aux=drop,
             prepare=prepare,
             network_lock=network_lock,
         )
 
     if workers > 0:
-        read = functools.partial(prepare_ahead, spec=model.preprocessing, drop_aux=frozenset(drop_aux))
+        steps = {case_id: (chosen.preprocessing, drop) for case_id, (chosen, drop) in plan.items()}
+        read = functools.partial(prepare_planned, steps=steps)
         outcomes = run_pipelined(todo, read, run, workers=workers, kind=worker_kind)
     else:
         outcomes = run_sequential(todo, run)
@@ -289,6 +305,7 @@ def predict(
                         for role, path in done.outputs().items()
                     },
                     "missing_aux": done.missing_aux,
+                    "model": [str(p) for p in plan[case.case_id][0].checkpoints],
                     "seconds": round(done.seconds, 3),
                 }
             del done
