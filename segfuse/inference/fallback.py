@@ -45,15 +45,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from segfuse.data.cases import Case
-from segfuse.inference.model import LoadedModel
+from segfuse.inference.model import LoadedModel, first_difference, model_name
 from segfuse.io.errors import SegfuseInputError
 
 __all__ = ["ModelChoice"]
-
-
-def _name(model: LoadedModel) -> str:
-    paths = model.checkpoints
-    return ", ".join(str(p) for p in paths) if paths else "an in-memory model"
 
 
 def _aux_names(model: LoadedModel) -> frozenset[str]:
@@ -90,29 +85,29 @@ class ModelChoice:
         reference = _outputs(main)
         seen: dict[frozenset[str], LoadedModel] = {}
         for fallback in fallbacks:
-            theirs = _outputs(fallback)
-            for key, value in reference.items():
-                if theirs[key] != value:
-                    raise SegfuseInputError(
-                        f"fallback {_name(fallback)} cannot stand in for {_name(main)}: their {key} differ "
-                        f"({theirs[key]!r} vs {value!r})"
-                    )
+            if difference := first_difference(_outputs(fallback), reference):
+                key, theirs, ours = difference
+                raise SegfuseInputError(
+                    f"fallback {model_name(fallback)} cannot stand in for {model_name(main)}: their {key} differ "
+                    f"({theirs!r} vs {ours!r})"
+                )
             aux = _aux_names(fallback)
             if aux - main_aux:
                 raise SegfuseInputError(
-                    f"fallback {_name(fallback)} reads auxiliary {sorted(aux - main_aux)}, which {_name(main)} "
-                    f"does not (it reads {sorted(main_aux) or 'none'}); cases are read with the main model's inputs"
+                    f"fallback {model_name(fallback)} reads auxiliary {sorted(aux - main_aux)}, which "
+                    f"{model_name(main)} does not (it reads {sorted(main_aux) or 'none'}); cases are read with the "
+                    "main model's inputs"
                 )
             if aux == main_aux:
                 raise SegfuseInputError(
-                    f"fallback {_name(fallback)} reads the same auxiliaries as {_name(main)} "
+                    f"fallback {model_name(fallback)} reads the same auxiliaries as {model_name(main)} "
                     f"({sorted(aux) or 'none'}), so it would never be chosen; a fallback is a model trained "
                     "without some of them (to average models of the same inputs, repeat --checkpoint)"
                 )
             if aux in seen:
                 raise SegfuseInputError(
-                    f"fallbacks {_name(seen[aux])} and {_name(fallback)} both read {sorted(aux) or 'no auxiliaries'}; "
-                    "give one (a folder of fold runs is one fallback, averaged)"
+                    f"fallbacks {model_name(seen[aux])} and {model_name(fallback)} both read "
+                    f"{sorted(aux) or 'no auxiliaries'}; give one (a folder of fold runs is one fallback, averaged)"
                 )
             seen[aux] = fallback
         return cls(main=main, fallbacks=fallbacks)
@@ -150,12 +145,12 @@ class ModelChoice:
         unknown = sorted(drop - main_aux)
         if unknown:
             raise SegfuseInputError(
-                f"drop_aux names {unknown} are not auxiliaries of {_name(self.main)}; it has {sorted(main_aux)}"
+                f"drop_aux names {unknown} are not auxiliaries of {model_name(self.main)}; it has {sorted(main_aux)}"
             )
         extra = sorted(set(case.aux) - main_aux)
         if extra:
             raise SegfuseInputError(
-                f"case {case.case_id!r}: auxiliary {extra} is not an input of {_name(self.main)}; "
+                f"case {case.case_id!r}: auxiliary {extra} is not an input of {model_name(self.main)}; "
                 f"it takes {sorted(main_aux) or 'none'}"
             )
         available = frozenset(case.aux) - drop

@@ -39,8 +39,8 @@ from segfuse.io.atomic import file_sha256
 from segfuse.io.checkpoint import load_checkpoint
 from segfuse.io.errors import SegfuseInputError
 
-__all__ = ["Ensemble", "LoadedModel", "check_compatible", "load_ensemble", "load_model", "model_from_config",
-           "resolve_device"]
+__all__ = ["Ensemble", "LoadedModel", "check_compatible", "first_difference", "load_ensemble", "load_model",
+           "model_from_config", "model_name", "resolve_device"]
 
 
 @dataclass
@@ -164,18 +164,24 @@ def check_compatible(models: Sequence[LoadedModel]) -> None:
     first = models[0]
     reference = _signature(first)
     for other in models[1:]:
-        theirs = _signature(other)
-        for key, value in reference.items():
-            if theirs[key] != value:
-                raise SegfuseInputError(
-                    f"cannot ensemble {_name(first)} and {_name(other)}: their {key} differ "
-                    f"({value!r} vs {theirs[key]!r}); an ensemble averages probabilities of the same classes "
-                    "on the same prepared inputs"
-                )
+        if difference := first_difference(reference, _signature(other)):
+            key, value, theirs = difference
+            raise SegfuseInputError(
+                f"cannot ensemble {model_name(first)} and {model_name(other)}: their {key} differ "
+                f"({value!r} vs {theirs!r}); an ensemble averages probabilities of the same classes "
+                "on the same prepared inputs"
+            )
 
 
-def _name(model: LoadedModel) -> str:
-    return str(model.checkpoint) if model.checkpoint is not None else "an in-memory model"
+def first_difference(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> tuple[str, Any, Any] | None:
+    """``(key, ours[key], theirs[key])`` for the first key of ``ours`` whose values differ; ``None`` if none does."""
+    return next(((key, value, theirs[key]) for key, value in ours.items() if theirs[key] != value), None)
+
+
+def model_name(model: LoadedModel) -> str:
+    """The model's checkpoint files, for messages (``"an in-memory model"`` without one)."""
+    paths = model.checkpoints
+    return ", ".join(str(p) for p in paths) if paths else "an in-memory model"
 
 
 @dataclass
