@@ -274,6 +274,7 @@ def _predict_run(args: argparse.Namespace) -> int:
             mirror=mirror,
             progress=not args.no_progress,
             drop_aux=drop,
+            protected=choice.checkpoints,
         )
         print("wrote " + ", ".join(str(p) for p in result.outputs().values()))
         _write_label_tables(args, args.out.parent, model)

@@ -187,3 +187,20 @@ def test_cli_fallback_for_one_case(checkpoints, tmp_path: Path, capsys) -> None:
     assert main(["predict", "--checkpoint", str(checkpoints["full"]), "--fallback", str(checkpoints["full"]),
                  "--image", str(t1), "--out", str(tmp_path / "x.nii.gz"), "--device", "cpu"]) == 2
     assert "never be chosen" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("role", ["fallback", "ensemble member"])
+def test_cli_image_output_never_replaces_a_checkpoint_it_was_given(checkpoints, tmp_path: Path, role: str,
+                                                                   capsys) -> None:
+    """Also a checkpoint that predicts nothing for this case (an unused fallback) or an ensemble's member."""
+    t1, flair = write_case(tmp_path, "c0", 0)
+    named_like_a_scan = tmp_path / "model.nii.gz"  # an odd name, but a checkpoint all the same
+    source = checkpoints["t1_only"] if role == "fallback" else checkpoints["full"]
+    named_like_a_scan.write_bytes(source.read_bytes())
+    before = named_like_a_scan.read_bytes()
+    given = ["--fallback" if role == "fallback" else "--checkpoint", str(named_like_a_scan)]
+    code = main(["predict", "--checkpoint", str(checkpoints["full"]), *given, "--image", str(t1),
+                 "--aux", f"flair={flair}", "--out", str(named_like_a_scan), "--device", "cpu", "--no-progress"])
+    assert code == 2
+    assert "replace an input" in capsys.readouterr().err
+    assert named_like_a_scan.read_bytes() == before

@@ -189,9 +189,13 @@ def _primary_channels(model: LoadedModel) -> int | None:
     return int(in_channels)
 
 
-def _refuse_before_work(model: LoadedModel, case: Case, outputs: Sequence[Path]) -> None:
-    """Outputs that would replace an input, and scans of the wrong dimensions, are refused first."""
-    refuse_overwriting_inputs(outputs, case, model.checkpoint)
+def _refuse_before_work(model: LoadedModel, case: Case, outputs: Sequence[Path], protected: Sequence[Path]) -> None:
+    """Outputs that would replace an input, and scans of the wrong dimensions, are refused first.
+
+    The inputs are the case's scans, every checkpoint of ``model`` (an ensemble's
+    members too) and ``protected`` (e.g. the fallbacks not chosen for this case).
+    """
+    refuse_overwriting_inputs(outputs, case, [*model.checkpoints, *protected])
     check_case_dimensions(case, spatial_dims=model.cfg.spatial_dims, primary_channels=_primary_channels(model))
 
 
@@ -208,6 +212,7 @@ def predict_case(
     drop_aux: Collection[str] = (),
     prepare: Callable[[Case], PreparedCase] | None = None,
     network_lock: contextlib.AbstractContextManager | None = None,
+    protected: Sequence[str | Path] = (),
 ) -> PredictionResult:
     """Predict one case and write its label map on the case's exact input grid.
 
@@ -229,6 +234,8 @@ def predict_case(
         prepare: returns the case prepared as ``prepare_case(case, model.preprocessing,
             with_label=False)`` would (the batch pipeline prepares cases ahead, in the background).
         network_lock: held while the network runs (the batch pipeline runs one case at a time on it).
+        protected: other files no output may replace (besides the case's scans and the
+            model's checkpoints): ``segfuse predict --fallback`` passes every fallback's.
 
     Returns:
         A :class:`PredictionResult`.
@@ -250,7 +257,8 @@ def predict_case(
     elif qc_path is False:
         qc_path = None
     prob_path = _probabilities_path(out_path, save_probabilities)
-    _refuse_before_work(model, case, [p for p in (out_path, prob_path, qc_path) if p is not None])
+    outputs = [p for p in (out_path, prob_path, qc_path) if p is not None]
+    _refuse_before_work(model, case, outputs, [Path(p) for p in protected])
     case, missing = _check_aux(model, case, set(drop_aux))
     axes = _mirror_axes(model.cfg, mirror)
 

@@ -77,8 +77,8 @@ def output_collisions(outputs: Mapping[str, Iterable[Path]], inputs: Iterable[Pa
     return found
 
 
-def refuse_overwriting_inputs(outputs: Iterable[Path], case: Case, checkpoint: Path | None = None) -> None:
-    """Raise when any of ``outputs`` resolves to an input of ``case`` or to ``checkpoint``.
+def refuse_overwriting_inputs(outputs: Iterable[Path], case: Case, checkpoints: Iterable[Path] = ()) -> None:
+    """Raise when any of ``outputs`` resolves to an input of ``case`` or to one of ``checkpoints``.
 
     Raises:
         SegfuseInputError: naming the output and the input it would replace.
@@ -87,7 +87,7 @@ def refuse_overwriting_inputs(outputs: Iterable[Path], case: Case, checkpoint: P
         >>> refuse_overwriting_inputs([Path("t1.nii.gz")], case_from_paths("t1.nii.gz"))  # doctest: +SKIP
         SegfuseInputError: output t1.nii.gz is the input t1.nii.gz ...
     """
-    inputs = case_inputs(case) + ([Path(checkpoint)] if checkpoint is not None else [])
+    inputs = case_inputs(case) + [Path(c) for c in checkpoints]
     clashes = output_collisions({case.case_id: list(outputs)}, inputs).get(case.case_id)
     if clashes:
         raise SegfuseInputError(
