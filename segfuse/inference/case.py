@@ -189,7 +189,9 @@ def _primary_channels(model: LoadedModel) -> int | None:
     return int(in_channels)
 
 
-def _refuse_before_work(model: LoadedModel, case: Case, outputs: Sequence[Path], protected: Sequence[Path]) -> None:
+def _refuse_before_work(
+    model: LoadedModel, case: Case, outputs: Sequence[Path], protected: Sequence[str | Path]
+) -> None:
     """Outputs that would replace an input, and scans of the wrong dimensions, are refused first.
 
     The inputs are the case's scans, every checkpoint of ``model`` (an ensemble's
@@ -258,7 +260,7 @@ def predict_case(
         qc_path = None
     prob_path = _probabilities_path(out_path, save_probabilities)
     outputs = [p for p in (out_path, prob_path, qc_path) if p is not None]
-    _refuse_before_work(model, case, outputs, [Path(p) for p in protected])
+    _refuse_before_work(model, case, outputs, protected)
     case, missing = _check_aux(model, case, set(drop_aux))
     axes = _mirror_axes(model.cfg, mirror)
 

@@ -77,7 +77,7 @@ def output_collisions(outputs: Mapping[str, Iterable[Path]], inputs: Iterable[Pa
     return found
 
 
-def refuse_overwriting_inputs(outputs: Iterable[Path], case: Case, checkpoints: Iterable[Path] = ()) -> None:
+def refuse_overwriting_inputs(outputs: Iterable[Path], case: Case, checkpoints: Iterable[str | Path] = ()) -> None:
     """Raise when any of ``outputs`` resolves to an input of ``case`` or to one of ``checkpoints``.
 
     Raises:
