@@ -208,6 +208,26 @@ def test_design_variants_change_only_their_setting_and_linear_is_2d_only():
     assert bench.same_network_in_3d(["segfuse_linear", "segfuse", "early_lowres"]) == [("segfuse_linear", "segfuse")]
 
 
+def test_fine_design_also_enters_one_level_finer_than_the_scale_and_builds():
+    import torch
+
+    from segfuse.factory import build_model
+
+    shipped, fine = (bench.run_config(_job(v, "3d")) for v in ("segfuse_pyramid_linear", "segfuse_pyramid_fine"))
+    ((name, spec),) = fine.data.aux.items()
+    assert spec.levels == (2, 4, 8, 16) and spec.level_blocks == 1
+    assert [a.levels for a in shipped.data.aux.values()] == [None]
+    assert fine.model == shipped.model  # only the levels differ
+    assert [a.levels for a in bench.run_config(_job("segfuse_pyramid_fine")).data.aux.values()] == [(1, 2, 4, 8, 16)]
+    net, default_net = build_model(fine), build_model(shipped)
+    # at 2 x 2 x 4 the default rule's first level is stride 4 (level 2); the fine design adds stride 2
+    assert (net.aux_levels[name], default_net.aux_levels[name]) == ([1, 2, 3, 4], [2, 3, 4])
+    net.eval()
+    with torch.no_grad():
+        out = net(torch.randn(1, 1, 32, 32, 32), aux={name: torch.randn(1, 1, 16, 16, 8)})
+    assert out.shape == (1, 2, 32, 32, 32) and torch.isfinite(out).all()
+
+
 def test_3d_refuses_two_names_for_one_network_and_gpu_runs_the_chosen_default(capsys):
     with pytest.raises(SystemExit) as exit_info:
         bench.main(["--mode", "3d", "--variants", "segfuse_pyramid", "segfuse_pyramid_linear", "--out", "unused"])
