@@ -96,7 +96,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -161,7 +161,7 @@ TASKS = {
 # segfuse_pyramid_fine was added on 2026-12-07 (23:10 UTC) after the 3D 30-minute result of folds 0-2 (early
 # fusion ahead at 22.5 and 30 min, whole tumour -0.077) and before any run of it: the shipped 3D design
 # (segfuse_pyramid_linear) whose auxiliaries also enter the next finer skip level than their scale allows
-# (FINE_LEVELS; issue 12 part 2's "levels finer than their scale"), the mapped features interpolated there.
+# (fine_levels; issue 12 part 2's "levels finer than their scale"), the mapped features interpolated there.
 # Hypothesis: in 3D the FLAIR's finest entry is stride 4 (4 mm), so the stride-2 and stride-1 decoder blocks
 # draw the whole tumour's border from the T1ce alone, while early fusion's encoder reads the upsampled FLAIR at
 # 1 mm. Cost: +7.6 % training FLOPs over the shipped design (3D, 48 x 48 x 32, two auxiliaries); entering
@@ -173,9 +173,19 @@ TASKS = {
 DESIGN_VARIANTS = ("segfuse_add", "segfuse_gated", "segfuse_linear", "segfuse_pyramid", "segfuse_pyramid_linear",
                    "segfuse_pyramid_fine")
 LINEAR_DESIGNS = ("segfuse_linear", "segfuse_pyramid_linear", "segfuse_pyramid_fine")
-# the skip strides segfuse_pyramid_fine's auxiliaries enter, per mode (the study's encoder has depth 4: strides
-# up to 16): one finer than the default rule's first level (3D at 2 x 2 x 4: stride 4; 2.5D in-plane 2 x 2: 2)
-FINE_LEVELS = {"3d": [2, 4, 8, 16], "2d": [1, 2, 4, 8, 16]}
+
+
+def fine_levels(scale: Sequence[int], mode: str, encoder_depth: int) -> list[int]:
+    """The skip strides segfuse_pyramid_fine's auxiliaries enter: from one level finer than the network's default
+    first level (:meth:`FusionUNet.entry_levels`) up. At 2 x 2 x 4 with depth 4: ``[2, 4, 8, 16]`` in 3D (default
+    first stride 4), ``[1, 2, 4, 8, 16]`` in 2.5D (in-plane 2 x 2: default first stride 2)."""
+    from segfuse.auxiliary import AuxInput
+    from segfuse.models.net import FusionUNet
+
+    dims = 2 if mode == "2d" else 3
+    strides = [(2**i,) * dims for i in range(encoder_depth + 1)]
+    first = FusionUNet.entry_levels(AuxInput("aux", scale=tuple(scale[:dims])), strides)[0]
+    return [s[0] for s in strides[max(first - 1, 0):]]
 
 
 def key_variants(default: str | None) -> tuple[str, ...]:
@@ -459,8 +469,8 @@ def run_config(job: dict[str, Any]) -> Any:
             # pinned, whatever the config ships: segfuse and its dropout twin are the design the study
             # started from (pooled mapping, thick slice containing z); the variants change one thing each
             spec["level_blocks"] = 1 if design.startswith("segfuse_pyramid") else 0
-            spec["levels"] = FINE_LEVELS["2d" if job["mode"] == "2d" else "3d"] if design == "segfuse_pyramid_fine" \
-                else None
+            spec["levels"] = fine_levels(job["scale"], job["mode"], tree["model"]["encoder_depth"]) \
+                if design == "segfuse_pyramid_fine" else None
             data["aux"][f"{name}_{tag}"] = spec
     # a 3D model sees every auxiliary whole at its own scale: no slice to choose, so a _linear design trains
     # the network of its counterpart without it (segfuse_pyramid_linear -> the shipped 3D config's design)

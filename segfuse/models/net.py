@@ -131,7 +131,7 @@ class FusionUNet(nn.Module):
             stem_kernel=stem_kernel, norm=norm,
         )
         strides = self.encoder.strides
-        self.aux_levels: dict[str, list[int]] = {a.name: self._entry_levels(a, strides) for a in aux_inputs}
+        self.aux_levels: dict[str, list[int]] = {a.name: self.entry_levels(a, strides) for a in aux_inputs}
         self.mappers = nn.ModuleDict(
             {
                 a.name: build_mapper(
@@ -185,7 +185,9 @@ class FusionUNet(nn.Module):
         )
 
     @staticmethod
-    def _entry_levels(a: AuxInput, strides: Sequence[tuple[int, ...]]) -> list[int]:
+    def entry_levels(a: AuxInput, strides: Sequence[tuple[int, ...]]) -> list[int]:
+        """Indices into ``strides`` of the skip levels ``a`` enters: its ``levels``, else every
+        level from the first whose stride is at least its scale on every axis."""
         available = {s[0]: i for i, s in enumerate(strides)}
         if a.levels is not None:
             unknown = [v for v in a.levels if v not in available]
